@@ -1,0 +1,203 @@
+"""Blob store on fsspec: photos in, checkpoints, models and images out.
+
+Workers may live on other machines, so everything large travels through this store (a
+``file://`` directory by default; any fsspec URL such as ``s3://bucket/dreambot`` or
+``hf://datasets/org/repo`` for multi-machine deployments, ``memory://`` in tests).
+
+Keys are built only from ids and hashes by :mod:`storage.blobs` helpers (never from a user's
+file name), and writes are atomic: an object is written under a temporary name and renamed into
+place, so a reader sees either the whole old object, the whole new one, or nothing.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import fsspec
+
+from storage.errors import StorageError
+
+__all__ = [
+    "BlobKeys",
+    "BlobStore",
+    "keys",
+]
+
+_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_TMP_MARK = ".tmp-"
+
+
+def _segment(value: object) -> str:
+    text = str(value)
+    if not _SAFE_SEGMENT.match(text) or ".." in text:
+        raise StorageError(f"unsafe blob key segment: {text!r}")
+    return text
+
+
+def _join(*parts: object) -> str:
+    return "/".join(_segment(p) for p in parts)
+
+
+class BlobKeys:
+    """Every key the project writes. Only ids, hashes and fixed words go in."""
+
+    @staticmethod
+    def photo(job_id: str, index: int, sha256: str) -> str:
+        """A normalised instance photo of a training job (``index`` keeps input order)."""
+        return _join("photos", job_id, f"{index:03d}-{sha256}.png")
+
+    @staticmethod
+    def photos_prefix(job_id: str) -> str:
+        return _join("photos", job_id) + "/"
+
+    @staticmethod
+    def class_image(cache_id: str, index: int) -> str:
+        """A generated prior-preservation image, shared by every user of the same class prompt."""
+        return _join("class-images", cache_id, f"{index:05d}.png")
+
+    @staticmethod
+    def class_images_prefix(cache_id: str) -> str:
+        return _join("class-images", cache_id) + "/"
+
+    @staticmethod
+    def checkpoint(job_id: str, name: str) -> str:
+        """One file of a training job's latest checkpoint."""
+        return _join("checkpoints", job_id, name)
+
+    @staticmethod
+    def checkpoint_prefix(job_id: str) -> str:
+        return _join("checkpoints", job_id) + "/"
+
+    @staticmethod
+    def model(model_id: str, name: str) -> str:
+        """One file of an exported model (LoRA weights, metadata, or full UNet weights)."""
+        return _join("models", model_id, name)
+
+    @staticmethod
+    def model_prefix(model_id: str) -> str:
+        return _join("models", model_id) + "/"
+
+    @staticmethod
+    def output(job_id: str, index: int) -> str:
+        """A generated image of an imagine job."""
+        return _join("outputs", job_id, f"{index:02d}.png")
+
+    @staticmethod
+    def outputs_prefix(job_id: str) -> str:
+        return _join("outputs", job_id) + "/"
+
+
+keys = BlobKeys()
+
+
+class BlobStore:
+    """A thin, synchronous wrapper over one fsspec filesystem rooted at ``url``.
+
+    Synchronous on purpose: the worker calls it from the training thread, and the bot wraps
+    calls in ``asyncio.to_thread``.
+    """
+
+    def __init__(self, url: str, **storage_options: Any) -> None:
+        self.url = url
+        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        self.fs = fs
+        self.root = root.rstrip("/")
+        if self.fs.protocol in ("file", "local") or "file" in tuple(self.fs.protocol):
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/") or not key:
+            raise StorageError(f"invalid blob key: {key!r}")
+        return posixpath.join(self.root, key)
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``data`` under ``key`` atomically."""
+        with self.open_write(key) as fh:
+            fh.write(data)
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[IO[bytes]]:
+        """Stream an object; it appears under ``key`` only if the block finishes without error."""
+        path = self._path(key)
+        parent = posixpath.dirname(path)
+        tmp = posixpath.join(parent, f"{_TMP_MARK}{uuid.uuid4().hex}")
+        self.fs.makedirs(parent, exist_ok=True)
+        try:
+            with self.fs.open(tmp, "wb") as fh:
+                yield fh
+            self.fs.mv(tmp, path)
+        except BaseException:
+            try:
+                if self.fs.exists(tmp):
+                    self.fs.rm(tmp)
+            finally:
+                raise
+
+    def put_file(self, key: str, local_path: str) -> None:
+        with open(local_path, "rb") as src, self.open_write(key) as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+
+    def get(self, key: str) -> bytes:
+        try:
+            data: bytes = self.fs.cat_file(self._path(key))
+        except FileNotFoundError as exc:
+            raise StorageError(f"blob not found: {key}") from exc
+        return data
+
+    def get_file(self, key: str, local_path: str) -> None:
+        try:
+            self.fs.get_file(self._path(key), local_path)
+        except FileNotFoundError as exc:
+            raise StorageError(f"blob not found: {key}") from exc
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self._path(key)))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self._path(key)))
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` (recursive, sorted); unfinished temporary writes are hidden."""
+        base = self._path(prefix.rstrip("/"))
+        if not self.fs.exists(base):
+            return []
+        found = self.fs.find(base)
+        root_len = len(self.root.rstrip("/")) + 1
+        out = []
+        for path in found:
+            path = path if path.startswith("/") or not self.root.startswith("/") else path
+            rel = self._relative(path, root_len)
+            if posixpath.basename(rel).startswith(_TMP_MARK):
+                continue
+            out.append(rel)
+        return sorted(out)
+
+    def _relative(self, path: str, root_len: int) -> str:
+        root = self.root.rstrip("/")
+        stripped = path.lstrip("/")
+        root_stripped = root.lstrip("/")
+        if stripped.startswith(root_stripped + "/"):
+            return stripped[len(root_stripped) + 1 :]
+        return path[root_len:]
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if self.fs.exists(path):
+            self.fs.rm(path)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix`` (used by ``/forget``); returns how many."""
+        if not prefix.endswith("/"):
+            raise StorageError("a prefix must end with '/' so it cannot match a sibling key")
+        base = self._path(prefix.rstrip("/"))
+        if not self.fs.exists(base):
+            return 0
+        found = self.fs.find(base)
+        self.fs.rm(base, recursive=True)
+        return len(found)
