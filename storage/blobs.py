@@ -83,6 +83,11 @@ class BlobKeys:
         return _join("models", model_id) + "/"
 
     @staticmethod
+    def job_spec(job_id: str) -> str:
+        """What a worker needs to run a job (written by the bot before enqueueing)."""
+        return _join("jobs", job_id, "spec.json")
+
+    @staticmethod
     def output(job_id: str, index: int) -> str:
         """A generated image of an imagine job."""
         return _join("outputs", job_id, f"{index:02d}.png")
@@ -107,7 +112,8 @@ class BlobStore:
         fs, root = fsspec.core.url_to_fs(url, **storage_options)
         self.fs = fs
         self.root = root.rstrip("/")
-        if self.fs.protocol in ("file", "local") or "file" in tuple(self.fs.protocol):
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
+        if "file" in protocols:
             self.fs.makedirs(self.root, exist_ok=True)
 
     def _path(self, key: str) -> str:
@@ -167,24 +173,19 @@ class BlobStore:
         base = self._path(prefix.rstrip("/"))
         if not self.fs.exists(base):
             return []
-        found = self.fs.find(base)
-        root_len = len(self.root.rstrip("/")) + 1
         out = []
-        for path in found:
-            path = path if path.startswith("/") or not self.root.startswith("/") else path
-            rel = self._relative(path, root_len)
-            if posixpath.basename(rel).startswith(_TMP_MARK):
-                continue
-            out.append(rel)
+        for path in self.fs.find(base):
+            rel = self._relative(path)
+            if not posixpath.basename(rel).startswith(_TMP_MARK):
+                out.append(rel)
         return sorted(out)
 
-    def _relative(self, path: str, root_len: int) -> str:
-        root = self.root.rstrip("/")
-        stripped = path.lstrip("/")
-        root_stripped = root.lstrip("/")
-        if stripped.startswith(root_stripped + "/"):
-            return stripped[len(root_stripped) + 1 :]
-        return path[root_len:]
+    def _relative(self, path: str) -> str:
+        root = self.root.strip("/")
+        stripped = path.strip("/")
+        if not stripped.startswith(root + "/"):
+            raise StorageError(f"{path!r} is outside the blob store root")
+        return stripped[len(root) + 1 :]
 
     def delete(self, key: str) -> None:
         path = self._path(key)

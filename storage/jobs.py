@@ -1,0 +1,167 @@
+"""The queue contract between the bot and the workers (no TensorFlow here).
+
+The queue carries ids, not data: a job is enqueued by function name with one argument, the job
+id, which is also arq's ``_job_id`` (so a double click cannot enqueue twice). Workers may run on
+other machines without the database, so what a job needs is written by the bot to the blob store
+as a spec (``jobs/<id>/spec.json``) before enqueueing; a worker reads it, reports progress to
+Redis under ``progress_key(job_id)`` and returns a small result dict through arq.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Self
+
+from storage.blobs import keys
+from storage.errors import StorageError
+
+__all__ = [
+    "GENERATE_FUNCTION",
+    "GENERATE_QUEUE",
+    "PROGRESS_TTL_S",
+    "TRAIN_FUNCTION",
+    "TRAIN_QUEUE",
+    "GenerateResult",
+    "GenerateSpec",
+    "Progress",
+    "Stage",
+    "TrainResult",
+    "TrainSpec",
+    "progress_key",
+    "queue_for",
+    "spec_key",
+]
+
+TRAIN_FUNCTION = "train_model"
+GENERATE_FUNCTION = "generate_images"
+# arq queue names: training and generation are separate so a long training never blocks /imagine.
+TRAIN_QUEUE = "dreambot:queue:train"
+GENERATE_QUEUE = "dreambot:queue:generate"
+PROGRESS_TTL_S = 7 * 24 * 3600
+
+
+def queue_for(function: str) -> str:
+    if function == TRAIN_FUNCTION:
+        return TRAIN_QUEUE
+    if function == GENERATE_FUNCTION:
+        return GENERATE_QUEUE
+    raise StorageError(f"unknown job function: {function}")
+
+
+def progress_key(job_id: str) -> str:
+    return f"dreambot:progress:{job_id}"
+
+
+def spec_key(job_id: str) -> str:
+    """Blob key of a job's spec (built from the id only)."""
+    return keys.job_spec(job_id)
+
+
+class _Json:
+    """JSON round-trip for the flat dataclasses below; unknown keys are an error."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise StorageError(f"malformed {cls.__name__}: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Self:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise StorageError(f"malformed {cls.__name__}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise StorageError(f"malformed {cls.__name__}: not an object")
+        return cls.from_dict(data)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainSpec(_Json):
+    """Everything a worker needs to train one model."""
+
+    job_id: str
+    model_id: str
+    photo_keys: list[str]
+    class_name: str
+    identifier: str
+    preset: str = "sd-v1"
+    method: str = "lora"
+    steps: int = 800
+    resolution: int = 512
+    class_images: int = 200
+    lora_rank: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateSpec(_Json):
+    """Everything a worker needs to draw images (model None: the base model)."""
+
+    job_id: str
+    prompt: str
+    model_id: str | None = None
+    model_prefix: str | None = None
+    negative_prompt: str = ""
+    n_images: int = 4
+    steps: int = 30
+    guidance: float = 7.5
+    seeds: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult(_Json):
+    job_id: str
+    model_id: str
+    model_prefix: str
+    files: list[str]
+    sha256: str
+    size_bytes: int
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateResult(_Json):
+    job_id: str
+    image_keys: list[str]
+    seeds: list[int]
+    seconds: float
+
+
+class Stage(StrEnum):
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    CLASS_IMAGES = "class_images"
+    TRAINING = "training"
+    EXPORTING = "exporting"
+    GENERATING = "generating"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress(_Json):
+    """What a worker last said about a job; stored as JSON at ``progress_key(job_id)``."""
+
+    job_id: str
+    stage: str
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    eta_s: float | None = None
+    message: str = ""
+    updated_at: float = field(default_factory=time.time)
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total) if self.total > 0 else 0.0
