@@ -1,0 +1,178 @@
+"""Training data: photos in, cached VAE posteriors and prompt embeddings out, batches per step.
+
+Every image is encoded once (and once flipped) to its VAE posterior — mean and log-variance —
+and the prompts are encoded once, so a training step runs only the UNet. Which images a step
+sees and whether each is flipped is a pure function of ``(seed, step)``: a resumed run reads the
+same batches as an uninterrupted one without saving iterator state.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, ImageOps
+
+from trainer.errors import TrainingDataError
+from trainer.presets import Preset
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "EncodedData",
+    "encode_posteriors",
+    "encode_training_data",
+    "image_files",
+    "load_image",
+    "load_images",
+    "make_dataset",
+    "sample_latents",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def load_image(source: bytes | Path | str, resolution: int) -> np.ndarray:
+    """Decode, honour EXIF rotation, centre-crop to a square and resize: uint8 [R, R, 3]."""
+    try:
+        raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+        with Image.open(io.BytesIO(raw)) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            img = ImageOps.fit(img, (resolution, resolution), Image.Resampling.LANCZOS)
+            return np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        name = "an image" if isinstance(source, bytes) else Path(source).name
+        raise TrainingDataError(f"Could not read {name} as a picture ({exc}).") from exc
+
+
+def load_images(sources: Iterable[bytes | Path | str], resolution: int) -> np.ndarray:
+    """Stack :func:`load_image` results: uint8 [N, R, R, 3]."""
+    images = [load_image(s, resolution) for s in sources]
+    if not images:
+        raise TrainingDataError("No pictures to train on.")
+    return np.stack(images)
+
+
+def encode_posteriors(preset: Preset, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """VAE posterior of each image and of its mirror: float32 [N, 2, s, s, 8] (mean, logvar)."""
+    if images.ndim != 4 or images.shape[1:] != (preset.resolution, preset.resolution, 3):
+        raise TrainingDataError(
+            f"Images must be {preset.resolution}x{preset.resolution} RGB; got shape {images.shape}."
+        )
+    encoder = preset.posterior_encoder
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size].astype(np.float32) / 127.5 - 1.0
+        both = np.concatenate([chunk, chunk[:, :, ::-1]], axis=0)
+        post = np.asarray(encoder(tf.constant(both), training=False), dtype=np.float32)
+        n = len(chunk)
+        out.append(np.stack([post[:n], post[n:]], axis=1))
+    return np.concatenate(out, axis=0)
+
+
+@dataclass(frozen=True)
+class EncodedData:
+    """Everything a run needs from the photos and prompts; the encoders can be released after."""
+
+    instance_posteriors: np.ndarray
+    class_posteriors: np.ndarray | None
+    instance_context: np.ndarray
+    class_context: np.ndarray | None
+
+    @property
+    def has_prior(self) -> bool:
+        return self.class_posteriors is not None
+
+    @property
+    def epoch_length(self) -> int:
+        """Instance set repeated to the class set's length, as the reference DreamBooth does."""
+        n_inst = len(self.instance_posteriors)
+        return (
+            max(n_inst, len(self.class_posteriors)) if self.class_posteriors is not None else n_inst
+        )
+
+
+def encode_training_data(
+    preset: Preset,
+    instance_images: np.ndarray,
+    instance_prompt: str,
+    class_images: np.ndarray | None = None,
+    class_prompt: str | None = None,
+) -> EncodedData:
+    """Encode images (with flips) and both prompts once."""
+    if class_images is not None and len(class_images) and not class_prompt:
+        raise TrainingDataError("Class images need a class prompt.")
+    with_prior = class_images is not None and len(class_images) > 0
+    prompts = [instance_prompt] + ([class_prompt] if with_prior and class_prompt else [])
+    contexts = np.asarray(preset.encode_prompts(prompts), dtype=np.float32)
+    return EncodedData(
+        instance_posteriors=encode_posteriors(preset, instance_images),
+        class_posteriors=encode_posteriors(preset, class_images) if with_prior else None,
+        instance_context=contexts[0],
+        class_context=contexts[1] if with_prior else None,
+    )
+
+
+def _indices(step: tf.Tensor, batch: int, length: int, seed: int) -> tf.Tensor:
+    """Dataset positions of one batch: a fresh permutation of ``length`` slots per epoch."""
+    pos = tf.cast(step, tf.int64) * batch + tf.range(batch, dtype=tf.int64)
+    epoch, slot = pos // length, pos % length
+    first = epoch[0]
+
+    def perm(e: tf.Tensor) -> tf.Tensor:
+        pair = tf.stack([tf.constant(seed, tf.int64), e])
+        keys = tf.random.stateless_uniform([length], seed=pair, dtype=tf.float32)
+        return tf.argsort(keys)
+
+    both = tf.stack([perm(first), perm(first + 1)])
+    chosen = tf.gather_nd(both, tf.stack([epoch - first, slot], axis=1))
+    return tf.cast(chosen, tf.int64)
+
+
+def _flips(step: tf.Tensor, batch: int, seed: int, stream: int) -> tf.Tensor:
+    seed_pair = tf.stack([tf.constant(seed, tf.int64) + stream, tf.cast(step, tf.int64)])
+    return tf.random.stateless_uniform([batch], seed=seed_pair, maxval=2, dtype=tf.int64)
+
+
+def make_dataset(
+    data: EncodedData, batch_size: int, *, seed: int = 0, start_step: int = 0
+) -> tf.data.Dataset:
+    """Endless batches ``{"step", "instance", "class"?}`` of posteriors [B, s, s, 8].
+
+    Instance and class samples are paired by slot within the epoch, so each batch holds
+    ``batch_size`` of each, and the UNet sees them in one call.
+    """
+    length = data.epoch_length
+    inst = tf.constant(data.instance_posteriors)
+    cls = tf.constant(data.class_posteriors) if data.class_posteriors is not None else None
+    n_inst = int(inst.shape[0])
+    n_cls = int(cls.shape[0]) if cls is not None else 0
+    seed = int(seed)
+
+    def batch_for(step: tf.Tensor) -> dict[str, tf.Tensor]:
+        idx = _indices(step, batch_size, length, seed * 2 + 11)
+        out = {"step": step}
+        inst_idx = tf.stack([idx % n_inst, _flips(step, batch_size, seed, 101)], axis=1)
+        out["instance"] = tf.gather_nd(inst, inst_idx)
+        if cls is not None:
+            cls_idx = tf.stack([idx % n_cls, _flips(step, batch_size, seed, 202)], axis=1)
+            out["class"] = tf.gather_nd(cls, cls_idx)
+        return out
+
+    ds = tf.data.Dataset.counter(start=start_step, dtype=tf.int64)
+    return ds.map(batch_for, num_parallel_calls=1, deterministic=True).prefetch(2)
+
+
+def sample_latents(posterior: tf.Tensor, noise: tf.Tensor, scale: float) -> tf.Tensor:
+    """Draw latents from cached posteriors: (mean + std * noise) * scale, as the VAE would."""
+    mean, logvar = tf.split(posterior, 2, axis=-1)
+    logvar = tf.clip_by_value(logvar, -30.0, 20.0)
+    return (mean + tf.exp(0.5 * logvar) * noise) * scale
+
+
+def image_files(directory: Path) -> Sequence[Path]:
+    """Picture files of a folder, sorted by name so runs are repeatable."""
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,239 @@
+"""DreamBooth with prior preservation as a ``keras.Model`` whose ``train_step`` trains the UNet.
+
+One step: sample latents from the cached VAE posteriors, draw noise and timesteps, noise the
+latents, predict the noise for instance and class samples in one UNet call, and minimise
+``instance_loss + prior_loss_weight * prior_loss``. Randomness is stateless and keyed on
+``(seed, step)``, so a run resumed from a checkpoint repeats an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer.data import EncodedData, make_dataset, sample_latents
+from trainer.lora import enable_lora, lora_variables
+from trainer.presets import Preset, build_diffusion_model, timestep_embedding
+
+__all__ = [
+    "DEFAULT_LR",
+    "DreamBoothTrainer",
+    "StepCallback",
+    "TrainConfig",
+    "copy_diffusion_model",
+    "make_trainer",
+]
+
+Mode = Literal["lora", "full"]
+Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
+
+# The reference DreamBooth's full fine-tuning rate; LoRA trains far fewer weights and needs more.
+DEFAULT_LR: dict[str, float] = {"full": 2e-6, "lora": 1e-4}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults follow the reference DreamBooth (AdamW, clip 1.0)."""
+
+    mode: Mode = "lora"
+    steps: int = 800
+    batch_size: int = 1
+    learning_rate: float | None = None
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    prior_loss_weight: float = 1.0
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    weight_decay: float = 1e-2
+    epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    precision: Precision = "float32"
+    jit_compile: bool = False
+    seed: int = 0
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("lora", "full"):
+            raise ValueError(f"mode must be 'lora' or 'full', not {self.mode!r}")
+        if self.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
+            raise ValueError(f"unknown precision {self.precision!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.lora_rank < 1:
+            raise ValueError("steps, batch_size and lora_rank must be positive")
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.mode]
+
+    @property
+    def dtype_policy(self) -> str | None:
+        return None if self.precision == "float32" else self.precision
+
+    def make_optimizer(self) -> keras.optimizers.Optimizer:
+        """AdamW with global-norm clipping; wrapped for loss scaling under float16."""
+        opt: keras.optimizers.Optimizer = keras.optimizers.AdamW(
+            learning_rate=self.lr,
+            beta_1=self.beta_1,
+            beta_2=self.beta_2,
+            epsilon=self.epsilon,
+            weight_decay=self.weight_decay,
+            global_clipnorm=self.max_grad_norm,
+        )
+        if self.precision == "mixed_float16":
+            opt = keras.optimizers.LossScaleOptimizer(opt)
+        return opt
+
+
+class DreamBoothTrainer(keras.Model):
+    """Trains ``diffusion_model`` (all of it, or only its LoRA factors) on cached latents."""
+
+    def __init__(
+        self,
+        diffusion_model: keras.Model,
+        alphas_cumprod: np.ndarray,
+        config: TrainConfig,
+        *,
+        instance_context: np.ndarray,
+        class_context: np.ndarray | None,
+        latent_scale: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.diffusion_model = diffusion_model
+        self.config = config
+        self.latent_scale = float(latent_scale)
+        self.has_prior = class_context is not None and config.prior_loss_weight > 0
+        self._alphas = tf.constant(np.asarray(alphas_cumprod, dtype=np.float32))
+        self._instance_context = tf.constant(instance_context[None], tf.float32)
+        self._class_context = (
+            tf.constant(class_context[None], tf.float32) if class_context is not None else None
+        )
+        self.built = True
+
+    @property
+    def trained_variables(self) -> list[keras.Variable]:
+        """What the optimizer updates: LoRA factors, or every trainable UNet weight."""
+        if self.config.mode == "lora":
+            return lora_variables(self.diffusion_model)
+        return [v for v in self.diffusion_model.trainable_variables if "lora" not in v.path]
+
+    def compile_for_training(self) -> None:
+        """Compile with the config's optimizer, built on the trained variables only."""
+        optimizer = self.config.make_optimizer()
+        optimizer.build(self.trained_variables)
+        self.compile(optimizer=optimizer, jit_compile=self.config.jit_compile)
+
+    def _noisy_inputs(self, data: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
+        step = tf.cast(data["step"], tf.int64)
+        seed = tf.constant(self.config.seed, tf.int64)
+        posts = data["instance"]
+        batch = tf.shape(posts)[0]
+        context = tf.repeat(self._instance_context, batch, axis=0)
+        if self.has_prior and self._class_context is not None:
+            posts = tf.concat([posts, data["class"]], axis=0)
+            context = tf.concat([context, tf.repeat(self._class_context, batch, axis=0)], 0)
+        shape = tf.concat([tf.shape(posts)[:-1], [tf.shape(posts)[-1] // 2]], axis=0)
+        total = tf.shape(posts)[0]
+
+        def key(stream: int) -> tf.Tensor:
+            return tf.stack([seed * 7919 + stream, step])
+
+        latents = sample_latents(
+            posts, tf.random.stateless_normal(shape, seed=key(1)), self.latent_scale
+        )
+        noise = tf.random.stateless_normal(shape, seed=key(2))
+        timesteps = tf.random.stateless_uniform(
+            [total], seed=key(3), minval=0, maxval=int(self._alphas.shape[0]), dtype=tf.int32
+        )
+        alpha = tf.reshape(tf.gather(self._alphas, timesteps), (-1, 1, 1, 1))
+        noisy = tf.sqrt(alpha) * latents + tf.sqrt(1.0 - alpha) * noise
+        return noisy, timestep_embedding(timesteps), context, noise, batch
+
+    def train_step(self, data: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        noisy, t_emb, context, noise, batch = self._noisy_inputs(data)
+        variables = self.trained_variables
+        with tf.GradientTape() as tape:
+            pred = self.diffusion_model([noisy, t_emb, context], training=True)
+            err = tf.square(tf.cast(pred, tf.float32) - noise)
+            instance_loss = tf.reduce_mean(err[:batch])
+            if self.has_prior:
+                prior_loss = tf.reduce_mean(err[batch:])
+                loss = instance_loss + self.config.prior_loss_weight * prior_loss
+            else:
+                prior_loss = tf.zeros_like(instance_loss)
+                loss = instance_loss
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        return {"loss": loss, "instance_loss": instance_loss, "prior_loss": prior_loss}
+
+    def train(
+        self,
+        data: EncodedData,
+        *,
+        start_step: int = 0,
+        until_step: int | None = None,
+        callbacks: list[keras.callbacks.Callback] | None = None,
+    ) -> dict[str, list[float]]:
+        """Run steps ``start_step`` to ``until_step`` (default: config.steps); return history."""
+        end = self.config.steps if until_step is None else until_step
+        if end <= start_step:
+            return {}
+        dataset = make_dataset(
+            data, self.config.batch_size, seed=self.config.seed, start_step=start_step
+        )
+        history = self.fit(
+            dataset,
+            epochs=1,
+            steps_per_epoch=end - start_step,
+            verbose=0,
+            callbacks=callbacks or [],
+        )
+        return {k: [float(x) for x in v] for k, v in history.history.items()}
+
+
+def copy_diffusion_model(preset: Preset, dtype_policy: str | None = None) -> keras.Model:
+    """A fresh UNet with the preset's base weights, so training never touches the shared base."""
+    unet = build_diffusion_model(preset.spec, dtype_policy=dtype_policy)
+    unet.set_weights(preset.diffusion_model.get_weights())
+    return unet
+
+
+def make_trainer(
+    preset: Preset,
+    data: EncodedData,
+    config: TrainConfig,
+    *,
+    diffusion_model: keras.Model | None = None,
+) -> DreamBoothTrainer:
+    """A compiled trainer: copy (or take) the UNet, enable LoRA if asked, build the optimizer."""
+    unet = diffusion_model or copy_diffusion_model(preset, config.dtype_policy)
+    if config.mode == "lora" and not lora_variables(unet):
+        enable_lora(unet, config.lora_rank, alpha=config.lora_alpha, seed=config.seed)
+    trainer = DreamBoothTrainer(
+        unet,
+        preset.alphas_cumprod,
+        config,
+        instance_context=data.instance_context,
+        class_context=data.class_context,
+        latent_scale=preset.latent_scale,
+    )
+    trainer.compile_for_training()
+    return trainer
+
+
+class StepCallback(keras.callbacks.Callback):
+    """Calls ``fn(global_step, logs)`` after each step (progress bars, checkpoints)."""
+
+    def __init__(self, fn: Callable[[int, dict[str, float]], None], start_step: int) -> None:
+        super().__init__()
+        self.fn = fn
+        self.start_step = start_step
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        values = {k: float(v) for k, v in (logs or {}).items()}
+        self.fn(self.start_step + batch + 1, values)
