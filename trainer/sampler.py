@@ -1,0 +1,314 @@
+"""Text-to-image sampling: DDIM as KerasCV does it, with one UNet call per step.
+
+KerasCV's ``StableDiffusion.text_to_image`` runs the UNet twice per step (conditional, then
+unconditional), goes through ``predict_on_batch`` each time and hard-codes CLIP's token ids. This
+sampler keeps KerasCV's schedule and update arithmetic exactly, but:
+
+- concatenates the unconditional and conditional batches into **one** UNet call per step;
+- caches prompt encodings (the unconditional / negative one is reused across calls);
+- precomputes every timestep embedding and DDIM coefficient once, vectorised;
+- runs the denoise step and the decoder as ``tf.function`` (optionally XLA-compiled);
+- draws each image's starting noise from its own seed with a stateless RNG, so image ``i`` of a
+  batch depends only on ``seeds[i]`` (``[s1, s2]`` gives the same ``s1`` image as ``[s1]``);
+- reads the pad id and the prompt length from the tokenizer and the text encoder.
+
+Over-long prompts raise :class:`PromptTooLong` (a ``UserFacingError``) instead of being
+truncated: silently dropping the end of a prompt changes the picture without telling the person.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from storage.errors import UserFacingError
+
+__all__ = [
+    "MAX_IMAGES",
+    "PromptTooLong",
+    "Sampler",
+    "ddim_timesteps",
+    "default_alphas_cumprod",
+    "encode_png",
+    "timestep_embeddings",
+]
+
+MAX_IMAGES = 4
+"""Images per request: what one Discord message shows well and one GPU batch holds."""
+
+MAX_STEPS = 1000
+_TRAIN_TIMESTEPS = 1000
+_MAX_SEED = 2**63 - 1
+
+ProgressFn = Callable[[int, int], None]
+"""Called after each denoising step with ``(steps_done, steps_total)``."""
+
+
+class PromptTooLong(UserFacingError):
+    """The prompt does not fit the text encoder's context."""
+
+    def __init__(self, which: str, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"The {which} is too long: it is {tokens} tokens and at most {limit} fit. "
+            "Please shorten it.",
+            code="prompt_too_long",
+        )
+
+
+def default_alphas_cumprod() -> np.ndarray:
+    """Stable Diffusion v1's scaled-linear schedule (KerasCV's ``_ALPHAS_CUMPROD`` to 1e-7)."""
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, _TRAIN_TIMESTEPS, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
+def ddim_timesteps(steps: int) -> np.ndarray:
+    """The timesteps KerasCV visits (ascending; sampling walks them backwards)."""
+    ratio = (_TRAIN_TIMESTEPS - 1) / (steps - 1) if steps > 1 else _TRAIN_TIMESTEPS
+    return np.asarray((np.arange(0, steps) * ratio).round().astype(np.int64))
+
+
+def timestep_embeddings(timesteps: np.ndarray, dim: int, max_period: int = 10000) -> tf.Tensor:
+    """Sinusoidal embeddings for all timesteps at once, ``[len(timesteps), dim]``.
+
+    Same float32 arithmetic as KerasCV's per-step ``_get_timestep_embedding``.
+    """
+    half = dim // 2
+    freqs = tf.exp(-math.log(max_period) * tf.cast(tf.range(0, half), tf.float32) / half)
+    args = tf.cast(tf.convert_to_tensor(timesteps)[:, None], tf.float32) * freqs[None, :]
+    return tf.concat([tf.cos(args), tf.sin(args)], axis=1)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG of one ``uint8`` ``[H, W, 3]`` image; no metadata, so equal pixels give equal bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _input_dim(model: Any, index: int, axis: int) -> int | None:
+    inputs = getattr(model, "inputs", None)
+    if not inputs or len(inputs) <= index:
+        return None
+    dim = inputs[index].shape[axis]
+    return int(dim) if dim is not None else None
+
+
+class Sampler:
+    """Generates images from one set of Stable Diffusion components.
+
+    Build one per loaded model and keep it: traced steps and prompt encodings are reused.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: Any,
+        text_encoder: Any,
+        diffusion_model: Any,
+        decoder: Any,
+        max_prompt_length: int | None = None,
+        pad_id: int | None = None,
+        alphas_cumprod: Sequence[float] | np.ndarray | None = None,
+        compile: bool = True,
+        jit_compile: bool = False,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.diffusion_model = diffusion_model
+        self.decoder = decoder
+        length = max_prompt_length or _input_dim(text_encoder, 0, 1)
+        if not length:
+            raise ValueError("max_prompt_length is needed when the text encoder has no fixed input")
+        self.max_prompt_length = int(length)
+        self.pad_id = int(tokenizer.end_of_text if pad_id is None else pad_id)
+        latent_shape = getattr(diffusion_model, "inputs", None)
+        if not latent_shape:
+            raise ValueError("the diffusion model must be a built functional model")
+        self.latent_shape = tuple(int(d) for d in diffusion_model.inputs[0].shape[1:])
+        self.embedding_dim = int(diffusion_model.inputs[1].shape[-1])
+        alphas = default_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+        self.alphas_cumprod = np.asarray(alphas, dtype=np.float64)
+        self._positions = tf.range(self.max_prompt_length, dtype=tf.int32)[None, :]
+        self._contexts: dict[str, tf.Tensor] = {}
+        if compile:
+            # One trace serves every batch size (1-4 images); XLA still specialises per shape.
+            latent_spec = tf.TensorSpec((None, *self.latent_shape), tf.float32)
+            context_spec = tf.TensorSpec((None, self.max_prompt_length, None), tf.float32)
+            self._step = tf.function(
+                self._denoise_step,
+                jit_compile=jit_compile,
+                input_signature=[
+                    latent_spec,
+                    tf.TensorSpec((self.embedding_dim,), tf.float32),
+                    context_spec,
+                    tf.TensorSpec((4,), tf.float32),
+                    tf.TensorSpec((), tf.float32),
+                ],
+            )
+            self._decode = tf.function(
+                self._decode_images, jit_compile=jit_compile, input_signature=[latent_spec]
+            )
+            self._encode = tf.function(
+                self._encode_tokens,
+                input_signature=[tf.TensorSpec((1, self.max_prompt_length), tf.int32)],
+            )
+        else:
+            self._step = self._denoise_step
+            self._decode = self._decode_images
+            self._encode = self._encode_tokens
+
+    @classmethod
+    def from_components(cls, components: Any, **options: Any) -> Sampler:
+        """Build from any object carrying the four models (a preset or a loaded model).
+
+        Optional attributes ``max_prompt_length``, ``pad_id`` and ``alphas_cumprod`` are used when
+        present, so the preset stays the one source of those facts.
+        """
+        for name in ("max_prompt_length", "pad_id", "alphas_cumprod"):
+            value = getattr(components, name, None)
+            if value is not None:
+                options.setdefault(name, value)
+        return cls(
+            tokenizer=components.tokenizer,
+            text_encoder=components.text_encoder,
+            diffusion_model=components.diffusion_model,
+            decoder=components.decoder,
+            **options,
+        )
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        """(height, width) of generated images in pixels."""
+        return self.latent_shape[0] * 8, self.latent_shape[1] * 8
+
+    # -- text ---------------------------------------------------------------------------------
+
+    def tokens(self, prompt: str, *, which: str = "prompt") -> list[int]:
+        """Token ids padded to the encoder's length; raises :class:`PromptTooLong`."""
+        ids = list(self.tokenizer.encode(prompt))
+        if len(ids) > self.max_prompt_length:
+            raise PromptTooLong(which, len(ids), self.max_prompt_length)
+        return ids + [self.pad_id] * (self.max_prompt_length - len(ids))
+
+    def _encode_tokens(self, tokens: tf.Tensor) -> tf.Tensor:
+        return self.text_encoder([tokens, self._positions], training=False)
+
+    def context(self, prompt: str, *, which: str = "prompt") -> tf.Tensor:
+        """The text encoder's output for ``prompt``, ``[1, length, width]`` (cached)."""
+        cached = self._contexts.get(prompt)
+        if cached is None:
+            tokens = tf.constant([self.tokens(prompt, which=which)], dtype=tf.int32)
+            cached = tf.convert_to_tensor(self._encode(tokens))
+            if len(self._contexts) >= 64:
+                self._contexts.pop(next(iter(self._contexts)))
+            self._contexts[prompt] = cached
+        return cached
+
+    # -- noise and steps ----------------------------------------------------------------------
+
+    def initial_noise(self, seeds: Sequence[int]) -> tf.Tensor:
+        """Starting latents, one stateless draw per seed: ``[len(seeds), h, w, 4]``."""
+        draws = [
+            tf.random.stateless_normal(
+                self.latent_shape, seed=tf.constant([seed, 0], dtype=tf.int64), dtype=tf.float32
+            )
+            for seed in seeds
+        ]
+        return tf.stack(draws)
+
+    def _denoise_step(
+        self,
+        latent: tf.Tensor,
+        t_emb: tf.Tensor,
+        contexts: tf.Tensor,
+        coeffs: tf.Tensor,
+        guidance: tf.Tensor,
+    ) -> tf.Tensor:
+        """One DDIM step (eta 0) with classifier-free guidance in a single UNet call.
+
+        ``contexts`` is ``[unconditional; conditional]`` (2n rows); ``coeffs`` holds
+        sqrt(1-a_t), sqrt(a_t), sqrt(1-a_prev), sqrt(a_prev) computed in float64 like KerasCV.
+        """
+        both = tf.concat([latent, latent], axis=0)
+        t_batch = tf.repeat(t_emb[None, :], tf.shape(both)[0], axis=0)
+        eps = self.diffusion_model([both, t_batch, contexts], training=False)
+        eps_uncond, eps_cond = tf.split(tf.cast(eps, latent.dtype), 2, axis=0)
+        eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+        pred_x0 = (latent - coeffs[0] * eps) / coeffs[1]
+        return eps * coeffs[2] + coeffs[3] * pred_x0
+
+    def _decode_images(self, latent: tf.Tensor) -> tf.Tensor:
+        decoded = tf.cast(self.decoder(latent, training=False), tf.float32)
+        decoded = ((decoded + 1.0) / 2.0) * 255.0
+        return tf.cast(tf.clip_by_value(decoded, 0.0, 255.0), tf.uint8)
+
+    def _schedule(self, steps: int) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+        timesteps = ddim_timesteps(steps)
+        alphas = self.alphas_cumprod[timesteps]
+        alphas_prev = np.concatenate([[1.0], alphas[:-1]])
+        coeffs = np.stack(
+            [
+                np.sqrt(1.0 - alphas),
+                np.sqrt(alphas),
+                np.sqrt(1.0 - alphas_prev),
+                np.sqrt(alphas_prev),
+            ],
+            axis=1,
+        ).astype(np.float32)
+        embeddings = timestep_embeddings(timesteps, self.embedding_dim)
+        return tf.unstack(embeddings), tf.unstack(tf.constant(coeffs))
+
+    # -- public -------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        seeds: Sequence[int],
+        negative_prompt: str = "",
+        steps: int = 50,
+        guidance: float = 7.5,
+        progress: ProgressFn | None = None,
+        initial_noise: tf.Tensor | None = None,
+    ) -> np.ndarray:
+        """Images for ``prompt``, one per seed, as ``uint8`` ``[n, H, W, 3]``.
+
+        ``negative_prompt`` replaces the empty unconditional prompt of classifier-free guidance.
+        ``initial_noise`` overrides the seeded noise (used to compare against KerasCV).
+        """
+        self._validate(seeds, steps, guidance)
+        n = len(seeds)
+        cond = self.context(prompt)
+        uncond = self.context(negative_prompt, which="negative prompt")
+        contexts = tf.concat([tf.repeat(uncond, n, axis=0), tf.repeat(cond, n, axis=0)], axis=0)
+        latent = self.initial_noise(seeds) if initial_noise is None else initial_noise
+        t_embs, coeffs = self._schedule(steps)
+        scale = tf.constant(guidance, dtype=tf.float32)
+        for done, index in enumerate(range(steps - 1, -1, -1), start=1):
+            latent = self._step(latent, t_embs[index], contexts, coeffs[index], scale)
+            if progress is not None:
+                progress(done, steps)
+        return np.asarray(self._decode(latent))
+
+    def generate_png(self, prompt: str, **kwargs: Any) -> list[bytes]:
+        """Like :meth:`generate`, encoded as PNG files."""
+        return [encode_png(image) for image in self.generate(prompt, **kwargs)]
+
+    @staticmethod
+    def _validate(seeds: Sequence[int], steps: int, guidance: float) -> None:
+        if not 1 <= len(seeds) <= MAX_IMAGES:
+            raise UserFacingError(
+                f"Ask for 1 to {MAX_IMAGES} images (got {len(seeds)}).", code="bad_image_count"
+            )
+        if any(not 0 <= int(s) <= _MAX_SEED for s in seeds):
+            raise UserFacingError(f"Seeds must be between 0 and {_MAX_SEED}.", code="bad_seed")
+        if not 1 <= steps <= MAX_STEPS:
+            raise UserFacingError(f"Steps must be between 1 and {MAX_STEPS}.", code="bad_steps")
+        if not math.isfinite(guidance) or guidance < 0:
+            raise UserFacingError("Guidance must be a number of 0 or more.", code="bad_guidance")
