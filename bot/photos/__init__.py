@@ -1,0 +1,41 @@
+"""Photo intake: per-photo verdicts with reasons, set rules and trainer-ready normalisation.
+
+Pure functions over bytes (no Discord types), shared by the bot, the CLI and the tests::
+
+    rules = PhotoRules.from_settings(settings, class_name="person")
+    report = check_photos([PhotoInput(data, name, content_type), ...], rules)
+    report.can_train, [(p.verdict, p.reasons, p.message) for p in report.photos]
+    [p.normalised for p in report.accepted]   # square sRGB PNGs + sha256 content keys
+"""
+
+from __future__ import annotations
+
+from bot.photos.analysis import FACE_MODEL, FaceDetectorUnavailable
+from bot.photos.check import check_photo, check_photos, display_name, normalise_photo
+from bot.photos.model import (
+    DEFAULT_PERSON_CLASSES,
+    NormalisedPhoto,
+    PhotoInput,
+    PhotoReport,
+    PhotoRules,
+    Reason,
+    SetReport,
+    Verdict,
+)
+
+__all__ = [
+    "DEFAULT_PERSON_CLASSES",
+    "FACE_MODEL",
+    "FaceDetectorUnavailable",
+    "NormalisedPhoto",
+    "PhotoInput",
+    "PhotoReport",
+    "PhotoRules",
+    "Reason",
+    "SetReport",
+    "Verdict",
+    "check_photo",
+    "check_photos",
+    "display_name",
+    "normalise_photo",
+]
