@@ -23,11 +23,14 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
+        env_ignore_empty=True,
     )
 
     # Discord
     discord_token: SecretStr | None = Field(default=None, description="Bot token")
     dev_guild_id: int | None = Field(default=None, description="Sync commands to one guild fast")
+    discord_api_base: str = ""
+    discord_gateway_url: str = ""
 
     # Where state lives
     data_dir: Path = Field(default=Path("data"))
@@ -83,10 +86,14 @@ def load_settings(**overrides: object) -> Settings:
         parts = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ()) if p != "__root__"]
-            name = loc[0].upper() if loc else "settings"
             value = err.get("input")
-            shown = "" if "token" in name.lower() else f" (got {value!r})"
-            parts.append(f"{name}: {err.get('msg', 'invalid value')}{shown}")
+            msg = err.get("msg", "invalid value")
+            if not loc:  # a rule across fields: the message names the variables itself
+                parts.append(msg.removeprefix("Value error, "))
+                continue
+            name = loc[0].upper()
+            secret = "TOKEN" in name or isinstance(value, dict)
+            parts.append(f"{name}: {msg}" + ("" if secret else f" (got {value!r})"))
         raise ConfigError(
             "Invalid configuration — " + "; ".join(parts) + ". Fix the variable in your "
             "environment or .env file (see .env.example for every setting)."

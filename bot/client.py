@@ -1,0 +1,57 @@
+"""DreamBot: the discord.py client. Dependencies are injected; nothing connects at import time."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+import yarl
+from discord.ext import commands
+
+from bot.config import Settings
+
+__all__ = ["DreamBot", "apply_api_base"]
+
+log = logging.getLogger(__name__)
+
+# Feature cogs (one per feature) are listed here as they land.
+COG_MODULES: tuple[str, ...] = ()
+
+
+def apply_api_base(settings: Settings) -> None:
+    """Point discord.py at another Discord API and gateway (a proxy, or the project's test fake)."""
+    if settings.discord_api_base:
+        discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+# The bot never joins voice; don't warn about missing voice libraries at every start.
+discord.VoiceClient.warn_nacl = False
+discord.VoiceClient.warn_dave = False
+
+
+class DreamBot(commands.Bot):
+    """The bot. Slash commands only, so no privileged intents are needed."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            help_command=None,
+        )
+        self.settings = settings
+
+    async def setup_hook(self) -> None:
+        for module in COG_MODULES:
+            await self.load_extension(module)
+        if self.settings.dev_guild_id:
+            guild = discord.Object(id=self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+        else:
+            synced = await self.tree.sync()
+        log.info("synced %d application commands", len(synced))
+
+    async def on_ready(self) -> None:
+        log.info("logged in as %s in %d guilds", self.user, len(self.guilds))

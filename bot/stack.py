@@ -1,0 +1,160 @@
+"""`dreambot up` and `dreambot bot`: run the pieces, and stop every one of them cleanly.
+
+``up`` starts the embedded Redis (when REDIS_URL is empty), one worker process and the bot, and
+on SIGINT/SIGTERM (or when any piece dies) stops them in reverse order: bot, worker, Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+
+import aiohttp
+import discord
+
+from bot.client import DreamBot, apply_api_base
+from bot.config import Settings
+from storage.db import Database
+from storage.errors import ConfigError, DreambotError
+from storage.redis_server import EmbeddedRedis
+
+__all__ = ["require_token", "run_bot", "run_up"]
+
+log = logging.getLogger(__name__)
+
+WORKER_STOP_TIMEOUT_S = 30.0
+
+
+def require_token(settings: Settings) -> str:
+    token = settings.discord_token.get_secret_value() if settings.discord_token else ""
+    if not token.strip():
+        raise ConfigError(
+            "DISCORD_TOKEN is not set. Create an application at "
+            "https://discord.com/developers/applications, add a bot, copy its token, and put "
+            "DISCORD_TOKEN=<token> in your .env file (see .env.example)."
+        )
+    return token.strip()
+
+
+@dataclass
+class _Stop:
+    """Why the stack is stopping: a signal (clean, exit 0) or a failed piece (exit 1)."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str = ""
+    failed: bool = False
+
+    def set(self, reason: str, *, failed: bool) -> None:
+        if not self.event.is_set():
+            self.reason, self.failed = reason, failed
+            self.event.set()
+
+
+async def _run_client(client: DreamBot, token: str, stop: _Stop) -> None:
+    try:
+        await client.start(token)
+    except discord.LoginFailure:
+        stop.set("Discord refused DISCORD_TOKEN; copy the bot token again.", failed=True)
+    except (OSError, aiohttp.ClientError, discord.HTTPException, discord.GatewayNotFound) as exc:
+        stop.set(f"could not reach Discord ({exc.__class__.__name__}: {exc})", failed=True)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if stop.event.is_set():  # closing mid-handshake raises; we are stopping anyway
+            return
+        log.exception("the bot stopped with an error")
+        stop.set(f"the bot stopped with an error: {exc}", failed=True)
+    else:
+        stop.set("the bot disconnected", failed=True)
+
+
+async def _watch_worker(proc: asyncio.subprocess.Process, stop: _Stop) -> None:
+    code = await proc.wait()
+    stop.set(f"the worker exited with code {code}", failed=True)
+
+
+async def _stop_worker(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), WORKER_STOP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("worker %s did not stop in time; killing it", proc.pid)
+        proc.kill()
+        await proc.wait()
+
+
+def _install_signals(stop: _Stop) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(
+            sig, functools.partial(stop.set, f"received {sig.name}", failed=False)
+        )
+
+
+async def _serve(settings: Settings, token: str, redis_url: str, *, with_worker: bool) -> int:
+    stop = _Stop()
+    _install_signals(stop)
+    db = await Database.open(settings.db_path)
+    apply_api_base(settings)
+    client = DreamBot(settings)
+    tasks: list[asyncio.Task[None]] = []
+    worker: asyncio.subprocess.Process | None = None
+    try:
+        if with_worker:
+            env = {**os.environ, "REDIS_URL": redis_url}
+            worker = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot.cli", "worker", env=env, stdin=asyncio.subprocess.DEVNULL
+            )
+            log.info("worker pid %s", worker.pid)
+            tasks.append(asyncio.create_task(_watch_worker(worker, stop)))
+        tasks.append(asyncio.create_task(_run_client(client, token, stop)))
+        await stop.event.wait()
+    finally:
+        log.info("stopping: %s", stop.reason or "shutdown")
+        with contextlib.suppress(Exception):
+            await client.close()
+        if worker is not None:
+            await _stop_worker(worker)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await db.close()
+    if stop.failed:
+        raise DreambotError(stop.reason)
+    log.info("stopped cleanly")
+    return 0
+
+
+def run_up(settings: Settings) -> int:
+    """Embedded Redis (if REDIS_URL is empty) + one worker + the bot, until a signal."""
+    token = require_token(settings)
+    redis: EmbeddedRedis | None = None
+    redis_url = settings.redis_url
+    if not redis_url:
+        redis = EmbeddedRedis(settings.data_dir / "redis", persist=True)
+        redis_url = redis.start()
+    try:
+        return asyncio.run(_serve(settings, token, redis_url, with_worker=True))
+    finally:
+        if redis is not None:
+            redis.stop()
+            log.info("embedded Redis stopped")
+
+
+def run_bot(settings: Settings) -> int:
+    """Only the bot (workers run elsewhere against the same REDIS_URL and BLOB_URL)."""
+    token = require_token(settings)
+    if not settings.redis_url:
+        raise ConfigError(
+            "REDIS_URL is not set. `dreambot bot` runs the bot alone and needs the Redis that "
+            "the workers use; use `dreambot up` to run everything on one machine."
+        )
+    return asyncio.run(_serve(settings, token, settings.redis_url, with_worker=False))

@@ -1,0 +1,112 @@
+"""Migrations on real SQLite files: fresh, re-run, concurrent, failing."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from storage.db import Database, Migration, load_migrations
+from storage.errors import StorageError
+
+EXPECTED_TABLES = {
+    "users",
+    "guild_settings",
+    "quota_overrides",
+    "models",
+    "jobs",
+    "usage_ledger",
+    "consents",
+    "audit_log",
+    "schema_migrations",
+}
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {r[0] for r in rows} - {"sqlite_sequence"}
+
+
+async def test_fresh_database_gets_every_table(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.sqlite3"
+    db = await Database.open(path)
+    await db.close()
+    assert _tables(path) == EXPECTED_TABLES
+    assert await _versions(path) == [m.version for m in load_migrations()]
+
+
+async def _versions(path: Path) -> list[int]:
+    with sqlite3.connect(path) as conn:
+        return [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
+
+
+async def test_rerun_applies_nothing_and_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    db = await Database.open(path)
+    await db.execute("INSERT INTO users (id, name, created_at) VALUES (1, 'ann', 'x')")
+    assert await db.migrate() == []
+    await db.close()
+    db = await Database.open(path)
+    assert await db.migrate() == []
+    row = await db.fetchone("SELECT name FROM users WHERE id = 1")
+    await db.close()
+    assert row is not None and row[0] == "ann"
+
+
+async def test_two_connections_migrating_at_once_apply_each_migration_once(tmp_path: Path) -> None:
+    path = tmp_path / "race.sqlite3"
+    first, second = await asyncio.gather(
+        Database.open(path, migrate=False), Database.open(path, migrate=False)
+    )
+    applied = await asyncio.gather(first.migrate(), second.migrate())
+    await first.close()
+    await second.close()
+    flat = sorted(v for versions in applied for v in versions)
+    assert flat == [m.version for m in load_migrations()]
+
+
+async def test_failing_migration_rolls_back_whole(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "bad.sqlite3")
+    broken = Migration(999, "broken", "CREATE TABLE half (id INTEGER);\nSELECT * FROM nope;\n")
+    with pytest.raises(sqlite3.OperationalError):
+        await db.migrate([broken])
+    assert 999 not in await db.applied_versions()
+    assert await db.fetchone("SELECT name FROM sqlite_master WHERE name = 'half'") is None
+    await db.close()
+
+
+async def test_pragmas_wal_foreign_keys_busy_timeout(db: Database) -> None:
+    mode = await db.fetchone("PRAGMA journal_mode")
+    fks = await db.fetchone("PRAGMA foreign_keys")
+    busy = await db.fetchone("PRAGMA busy_timeout")
+    assert mode is not None and mode[0] == "wal"
+    assert fks is not None and fks[0] == 1
+    assert busy is not None and busy[0] >= 1000
+    with pytest.raises(sqlite3.IntegrityError):
+        await db.execute(
+            "INSERT INTO jobs (id, kind, status, owner_id, created_at)"
+            " VALUES ('j', 'train', 'queued', 424242, 'now')"
+        )
+
+
+async def test_transaction_rolls_back_on_error(db: Database) -> None:
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO users (id, name, created_at) VALUES (5, 'x', 'y')")
+            raise RuntimeError("boom")
+    assert await db.fetchone("SELECT 1 FROM users WHERE id = 5") is None
+
+
+def test_migration_files_are_numbered_uniquely() -> None:
+    versions = [m.version for m in load_migrations()]
+    assert versions == sorted(set(versions)) and versions[0] == 1
+
+
+async def test_incomplete_statement_is_refused(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "x.sqlite3")
+    with pytest.raises(StorageError):
+        await db.migrate([Migration(500, "cut", "CREATE TABLE t (id INTEGER")])
+    await db.close()
