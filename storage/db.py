@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -72,6 +73,23 @@ def _statements(sql: str) -> list[str]:
     return out
 
 
+async def _enable_wal(conn: aiosqlite.Connection) -> None:
+    """Switch to WAL. The switch needs an exclusive lock and SQLite does not always wait for it
+    on the busy timeout (two processes opening a new file at once), so retry briefly."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur = await conn.execute("PRAGMA journal_mode = WAL")
+            row = await cur.fetchone()
+            if row is not None and str(row[0]).lower() == "wal":
+                return
+            raise StorageError(f"SQLite refused WAL mode (got {row[0] if row else None!r})")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 class Database:
     """One connection to the dreambot SQLite file."""
 
@@ -89,7 +107,7 @@ class Database:
         db = cls(conn, path)
         try:
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await conn.execute("PRAGMA journal_mode = WAL")
+            await _enable_wal(conn)
             await conn.execute("PRAGMA foreign_keys = ON")
             await conn.execute("PRAGMA synchronous = NORMAL")
             if migrate:

@@ -56,14 +56,15 @@ async def test_rerun_applies_nothing_and_keeps_data(tmp_path: Path) -> None:
     assert row is not None and row[0] == "ann"
 
 
-async def test_two_connections_migrating_at_once_apply_each_migration_once(tmp_path: Path) -> None:
-    path = tmp_path / "race.sqlite3"
-    first, second = await asyncio.gather(
-        Database.open(path, migrate=False), Database.open(path, migrate=False)
-    )
-    applied = await asyncio.gather(first.migrate(), second.migrate())
-    await first.close()
-    await second.close()
+@pytest.mark.parametrize("round_", range(5))
+async def test_connections_opening_and_migrating_at_once_apply_each_migration_once(
+    tmp_path: Path, round_: int
+) -> None:
+    path = tmp_path / f"race{round_}.sqlite3"
+    dbs = await asyncio.gather(*(Database.open(path, migrate=False) for _ in range(4)))
+    applied = await asyncio.gather(*(d.migrate() for d in dbs))
+    for d in dbs:
+        await d.close()
     flat = sorted(v for versions in applied for v in versions)
     assert flat == [m.version for m in load_migrations()]
 
