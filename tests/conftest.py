@@ -37,3 +37,17 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 @pytest.fixture
 def repos(db: Database) -> Repos:
     return Repos(db)
+
+
+def _has_gpu() -> bool:
+    return Path("/dev/nvidia0").exists() or Path("/dev/dri/renderD128").exists()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run only where a GPU is present."""
+    if _has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs a GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
