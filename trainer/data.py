@@ -39,10 +39,10 @@ def load_image(source: bytes | Path | str, resolution: int) -> np.ndarray:
     """Decode, honour EXIF rotation, centre-crop to a square and resize: uint8 [R, R, 3]."""
     try:
         raw = source if isinstance(source, bytes) else Path(source).read_bytes()
-        with Image.open(io.BytesIO(raw)) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            img = ImageOps.fit(img, (resolution, resolution), Image.Resampling.LANCZOS)
-            return np.asarray(img, dtype=np.uint8)
+        with Image.open(io.BytesIO(raw)) as opened:
+            rgb = ImageOps.exif_transpose(opened).convert("RGB")
+            square = ImageOps.fit(rgb, (resolution, resolution), Image.Resampling.LANCZOS)
+            return np.asarray(square, dtype=np.uint8)
     except (OSError, ValueError) as exc:
         name = "an image" if isinstance(source, bytes) else Path(source).name
         raise TrainingDataError(f"Could not read {name} as a picture ({exc}).") from exc
@@ -103,16 +103,17 @@ def encode_training_data(
     class_prompt: str | None = None,
 ) -> EncodedData:
     """Encode images (with flips) and both prompts once."""
-    if class_images is not None and len(class_images) and not class_prompt:
+    if class_images is None or len(class_images) == 0:
+        context = np.asarray(preset.encode_prompts([instance_prompt]), dtype=np.float32)
+        return EncodedData(encode_posteriors(preset, instance_images), None, context[0], None)
+    if not class_prompt:
         raise TrainingDataError("Class images need a class prompt.")
-    with_prior = class_images is not None and len(class_images) > 0
-    prompts = [instance_prompt] + ([class_prompt] if with_prior and class_prompt else [])
-    contexts = np.asarray(preset.encode_prompts(prompts), dtype=np.float32)
+    contexts = np.asarray(preset.encode_prompts([instance_prompt, class_prompt]), np.float32)
     return EncodedData(
         instance_posteriors=encode_posteriors(preset, instance_images),
-        class_posteriors=encode_posteriors(preset, class_images) if with_prior else None,
+        class_posteriors=encode_posteriors(preset, class_images),
         instance_context=contexts[0],
-        class_context=contexts[1] if with_prior else None,
+        class_context=contexts[1],
     )
 
 

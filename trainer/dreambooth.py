@@ -88,7 +88,7 @@ class TrainConfig:
         return opt
 
 
-class DreamBoothTrainer(keras.Model):
+class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
     """Trains ``diffusion_model`` (all of it, or only its LoRA factors) on cached latents."""
 
     def __init__(
@@ -191,6 +191,7 @@ class DreamBoothTrainer(keras.Model):
             epochs=1,
             steps_per_epoch=end - start_step,
             verbose=0,
+            shuffle=False,
             callbacks=callbacks or [],
         )
         return {k: [float(x) for x in v] for k, v in history.history.items()}
@@ -226,7 +227,7 @@ def make_trainer(
     return trainer
 
 
-class StepCallback(keras.callbacks.Callback):
+class StepCallback(keras.callbacks.Callback):  # type: ignore[misc]
     """Calls ``fn(global_step, logs)`` after each step (progress bars, checkpoints)."""
 
     def __init__(self, fn: Callable[[int, dict[str, float]], None], start_step: int) -> None:

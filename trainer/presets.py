@@ -51,6 +51,7 @@ __all__ = [
     "SD_V1_FILES",
     "Preset",
     "PresetSpec",
+    "build_autoencoder",
     "build_diffusion_model",
     "build_preset",
     "kerascv_pipeline",
@@ -242,16 +243,17 @@ def write_bpe_vocab(words: Sequence[str], path: Path) -> Path:
                 seen.add(merge)
                 merges.append(merge)
             current += sym
-    text = "#version: dreambot-tiny\n" + "\n".join(merges) + "\n"
+    # No trailing newline: SimpleTokenizer would read the empty last line as one more merge.
+    text = "#version: dreambot-tiny\n" + "\n".join(merges)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as fh:
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as fh:
         fh.write(text.encode("utf-8"))
     return path
 
 
 def _tiny_bpe_path() -> Path:
     words = resources.files("trainer.assets").joinpath("tiny_words.txt").read_text("utf-8")
-    digest = hashlib.sha256(words.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(b"v2\n" + words.encode()).hexdigest()[:12]
     path = Path(tempfile.gettempdir()) / f"dreambot-tiny-bpe-{digest}.txt.gz"
     if not path.exists():
         tmp = path.with_suffix(f".{np.random.randint(1 << 30)}.tmp")
@@ -309,7 +311,7 @@ def _tiny_text_encoder(spec: PresetSpec) -> keras.Model:
     return keras.Model([tokens, positions], x, name="text_encoder")
 
 
-class _ScaleMean(keras.layers.Layer):
+class _ScaleMean(keras.layers.Layer):  # type: ignore[misc]
     """Keep the mean (first 4 channels) and scale it, as KerasCV's encoder's last layer does."""
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
@@ -357,6 +359,18 @@ def _tiny_decoder(spec: PresetSpec) -> keras.Sequential:
         PaddedConv2D(3, 3, padding=1),
     ]
     return keras.Sequential(layers, name="decoder")
+
+
+def build_autoencoder(spec: PresetSpec, *, seed: int = 0) -> tuple[keras.Model, keras.Model]:
+    """A fresh, randomly initialised VAE (encoder, decoder) of a tiny-style ``spec``.
+
+    For tests and benches that need an autoencoder of their own (e.g. one fitted to synthetic
+    images so generated pixels can be compared with photos).
+    """
+    if spec.name == "sd-v1":
+        raise ConfigError("sd-v1 uses KerasCV's VAE; load it with build_preset")
+    keras.utils.set_random_seed(seed)
+    return _tiny_image_encoder(spec), _tiny_decoder(spec)
 
 
 def _noise_scheduler() -> NoiseScheduler:

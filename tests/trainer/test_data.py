@@ -1,0 +1,86 @@
+"""Data: photo loading, cached posteriors with flips, and step-keyed batches."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainer.data import encode_posteriors, load_image, make_dataset, sample_latents
+from trainer.errors import TrainingDataError
+
+
+def _png(width: int, height: int) -> bytes:
+    img = Image.new("RGB", (width, height), (10, 200, 30))
+    img.paste((250, 0, 0), (0, 0, width // 4, height))  # a red band on the left
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_load_image_centre_crops_and_resizes() -> None:
+    arr = load_image(_png(200, 100), 64)
+    assert arr.shape == (64, 64, 3) and arr.dtype == np.uint8
+    # the centre square (x 50..150) keeps the green and loses most of the red band (x 0..50)
+    assert arr[32, 40, 1] > 150
+    assert arr[32, 0, 0] < 250
+
+
+def test_load_image_rejects_non_images() -> None:
+    with pytest.raises(TrainingDataError, match="picture"):
+        load_image(b"not an image", 64)
+
+
+def test_posteriors_cover_flips(tiny_preset: Any, instance_images: np.ndarray) -> None:
+    post = encode_posteriors(tiny_preset, instance_images[:2])
+    assert post.shape == (2, 2, 8, 8, 8)
+    flipped = encode_posteriors(tiny_preset, instance_images[:2, :, ::-1])
+    np.testing.assert_allclose(post[:, 1], flipped[:, 0], atol=1e-5)
+    assert not np.allclose(post[:, 0], post[:, 1])
+
+
+def test_posteriors_reject_wrong_size(tiny_preset: Any) -> None:
+    with pytest.raises(TrainingDataError, match="64x64"):
+        encode_posteriors(tiny_preset, np.zeros((1, 32, 32, 3), np.uint8))
+
+
+def test_batches_are_a_function_of_step(tiny_data: Any) -> None:
+    first = list(make_dataset(tiny_data, 2, seed=5).take(6).as_numpy_iterator())
+    resumed = list(make_dataset(tiny_data, 2, seed=5, start_step=3).take(3).as_numpy_iterator())
+    for a, b in zip(first[3:], resumed, strict=True):
+        assert a["step"] == b["step"]
+        np.testing.assert_array_equal(a["instance"], b["instance"])
+        np.testing.assert_array_equal(a["class"], b["class"])
+    other = next(make_dataset(tiny_data, 2, seed=6).take(1).as_numpy_iterator())
+    assert not np.array_equal(other["class"], first[0]["class"])
+
+
+def test_one_epoch_pairs_every_class_image_once(tiny_data: Any) -> None:
+    """Instance photos repeat to the class set's length; each class image appears once per epoch."""
+    cls = tiny_data.class_posteriors  # [6, 2, 8, 8, 8]
+    inst = tiny_data.instance_posteriors  # [4, 2, 8, 8, 8]
+    assert tiny_data.epoch_length == 6
+    batches = list(make_dataset(tiny_data, 3, seed=0).take(2).as_numpy_iterator())
+
+    def which(bank: np.ndarray, sample: np.ndarray) -> int:
+        hits = [i for i in range(len(bank)) for f in (0, 1) if np.array_equal(bank[i, f], sample)]
+        assert len(hits) == 1
+        return hits[0]
+
+    seen_cls = [which(cls, s) for b in batches for s in b["class"]]
+    seen_inst = [which(inst, s) for b in batches for s in b["instance"]]
+    assert sorted(seen_cls) == list(range(6))
+    assert set(seen_inst) == set(range(4))
+
+
+def test_sample_latents_uses_mean_and_std() -> None:
+    import tensorflow as tf
+
+    post = tf.concat([tf.fill((1, 2, 2, 4), 2.0), tf.fill((1, 2, 2, 4), float(np.log(9.0)))], -1)
+    zero = sample_latents(post, tf.zeros((1, 2, 2, 4)), 0.5)
+    np.testing.assert_allclose(zero, 1.0)
+    one = sample_latents(post, tf.ones((1, 2, 2, 4)), 0.5)
+    np.testing.assert_allclose(one, (2.0 + 3.0) * 0.5, rtol=1e-5)

@@ -1,0 +1,198 @@
+"""Export a trained model to a folder (and the blob store) and load it back onto a base model.
+
+A model folder holds ``model.json`` and one weights file: ``lora.npz`` (the LoRA factors only,
+float16 — about 1.6 MB for sd-v1 at rank 4) or ``unet.npz`` (every UNet weight, float16, in the
+model's fixed variable order). ``model.json`` names the base preset and base weights, so loading
+onto the wrong base fails loudly instead of producing garbage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from storage.blobs import BlobStore, keys
+from trainer.dreambooth import DreamBoothTrainer, copy_diffusion_model
+from trainer.errors import ModelFormatError
+from trainer.lora import apply_lora, extract_lora
+from trainer.presets import Preset, build_preset
+
+__all__ = [
+    "FORMAT",
+    "METADATA_FILE",
+    "ModelMetadata",
+    "export_model",
+    "load_model",
+    "read_metadata",
+    "upload_model",
+]
+
+FORMAT = "dreambot-model"
+VERSION = 1
+METADATA_FILE = "model.json"
+WEIGHT_FILES = {"lora": "lora.npz", "full": "unet.npz"}
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What ``model.json`` says about a trained model."""
+
+    preset: str
+    mode: str
+    rank: int | None
+    identifier: str
+    class_name: str
+    instance_prompt: str
+    resolution: int
+    steps: int
+    seed: int
+    base_seed: int
+    base_weights_id: str
+    weights_file: str
+    sha256: str
+    format: str = FORMAT
+    version: int = VERSION
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def export_model(
+    trainer: DreamBoothTrainer,
+    preset: Preset,
+    out_dir: Path | str,
+    *,
+    identifier: str,
+    class_name: str,
+    instance_prompt: str,
+    steps: int,
+    base_seed: int = 0,
+) -> ModelMetadata:
+    """Write the trained weights and ``model.json`` into ``out_dir`` (created if needed)."""
+    config = trainer.config
+    unet = trainer.diffusion_model
+    if config.mode == "lora":
+        arrays = extract_lora(unet, dtype="float16")
+    else:
+        arrays = {f"w{i:05d}": np.asarray(w, np.float16) for i, w in enumerate(unet.get_weights())}
+    data = _npz_bytes(arrays)
+    meta = ModelMetadata(
+        preset=preset.name,
+        mode=config.mode,
+        rank=config.lora_rank if config.mode == "lora" else None,
+        identifier=identifier,
+        class_name=class_name,
+        instance_prompt=instance_prompt,
+        resolution=preset.resolution,
+        steps=steps,
+        seed=config.seed,
+        base_seed=base_seed,
+        base_weights_id=preset.weights_id,
+        weights_file=WEIGHT_FILES[config.mode],
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, payload in (
+        (meta.weights_file, data),
+        (METADATA_FILE, json.dumps(dataclasses.asdict(meta), indent=2).encode()),
+    ):
+        tmp = out / f".{name}.tmp"
+        tmp.write_bytes(payload)
+        tmp.replace(out / name)
+    return meta
+
+
+def read_metadata(model_dir: Path | str) -> ModelMetadata:
+    """Parse ``model.json``; a missing or foreign file raises :class:`ModelFormatError`."""
+    path = Path(model_dir) / METADATA_FILE
+    try:
+        raw: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelFormatError(f"{path} is missing: not a dreambot model folder") from exc
+    except ValueError as exc:
+        raise ModelFormatError(f"{path} is not valid JSON") from exc
+    if raw.get("format") != FORMAT or raw.get("version") != VERSION:
+        raise ModelFormatError(f"{path} is not a version {VERSION} {FORMAT} file")
+    fields = {f.name for f in dataclasses.fields(ModelMetadata)}
+    try:
+        return ModelMetadata(**{k: v for k, v in raw.items() if k in fields})
+    except TypeError as exc:
+        raise ModelFormatError(f"{path} lacks a field: {exc}") from exc
+
+
+def _read_weights(model_dir: Path, meta: ModelMetadata) -> dict[str, np.ndarray]:
+    path = model_dir / meta.weights_file
+    if not path.is_file():
+        raise ModelFormatError(f"{path} is missing")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta.sha256:
+        raise ModelFormatError(f"{path} does not match the sha256 in {METADATA_FILE}")
+    with np.load(io.BytesIO(data)) as arrays:
+        return {k: arrays[k] for k in arrays.files}
+
+
+def load_model(
+    model_dir: Path | str,
+    *,
+    base: Preset | None = None,
+    weights_dir: Path | str | None = None,
+    bpe_path: Path | str | None = None,
+) -> Preset:
+    """A new :class:`Preset` whose UNet carries the trained weights (LoRA merged in).
+
+    ``base`` (the worker's already-loaded base model) is shared, never modified; without it the
+    base is built from the metadata's preset, resolution and seed.
+    """
+    model_dir = Path(model_dir)
+    meta = read_metadata(model_dir)
+    weights = _read_weights(model_dir, meta)
+    if base is None:
+        base = build_preset(
+            meta.preset,
+            resolution=meta.resolution,
+            weights_dir=weights_dir,
+            bpe_path=bpe_path,
+            seed=meta.base_seed,
+        )
+    if (base.name, base.resolution, base.weights_id) != (
+        meta.preset,
+        meta.resolution,
+        meta.base_weights_id,
+    ):
+        raise ModelFormatError(
+            f"model was trained on {meta.preset} ({meta.base_weights_id}, {meta.resolution}px); "
+            f"the base given is {base.name} ({base.weights_id}, {base.resolution}px)"
+        )
+    unet = copy_diffusion_model(base)
+    try:
+        if meta.mode == "lora":
+            apply_lora(unet, weights)
+        else:
+            ordered = [weights[f"w{i:05d}"] for i in range(len(weights))]
+            unet.set_weights([w.astype(np.float32) for w in ordered])
+    except (ValueError, KeyError) as exc:
+        raise ModelFormatError(f"weights in {model_dir} do not fit the base model: {exc}") from exc
+    return dataclasses.replace(base, diffusion_model=unet, _posterior=None)
+
+
+def upload_model(model_dir: Path | str, store: BlobStore, model_id: str) -> list[str]:
+    """Copy a model folder into ``models/<model_id>/``; ``model.json`` goes last."""
+    model_dir = Path(model_dir)
+    meta = read_metadata(model_dir)
+    written = []
+    for name in (meta.weights_file, METADATA_FILE):
+        key = keys.model(model_id, name)
+        store.put_file(key, str(model_dir / name))
+        written.append(key)
+    return written

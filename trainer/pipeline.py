@@ -1,0 +1,103 @@
+"""One training job end to end: images in, an exported model folder out, resumable.
+
+The CLI calls this with a local checkpoint folder; the worker calls it with a
+:class:`~trainer.checkpoints.BlobCheckpointStore`, so an interrupted job picks up where it
+stopped and a finished one is not redone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainer.checkpoints import CheckpointCallback, CheckpointStore, load_checkpoint
+from trainer.data import encode_training_data
+from trainer.dreambooth import StepCallback, TrainConfig, make_trainer
+from trainer.export import ModelMetadata, export_model
+from trainer.presets import Preset
+
+__all__ = ["Progress", "TrainJob", "instance_prompt", "run_training"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report: step reached, loss, seconds per step and estimated seconds left."""
+
+    step: int
+    total: int
+    loss: float
+    seconds_per_step: float
+    eta_seconds: float
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def instance_prompt(token: str, class_name: str) -> str:
+    return f"a photo of {token} {class_name}"
+
+
+def class_prompt(class_name: str) -> str:
+    return f"a photo of {class_name}"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What to train: the subject's identifier and class, and the run's configuration."""
+
+    token: str
+    class_name: str
+    config: TrainConfig
+    base_seed: int = 0
+
+
+def run_training(
+    preset: Preset,
+    job: TrainJob,
+    instance_images: np.ndarray,
+    class_images: np.ndarray | None,
+    out_dir: Path | str,
+    *,
+    checkpoints: CheckpointStore | None = None,
+    progress: ProgressFn | None = None,
+) -> ModelMetadata:
+    """Encode, train (resuming from ``checkpoints`` when they hold a state) and export."""
+    config = job.config
+    data = encode_training_data(
+        preset,
+        instance_images,
+        instance_prompt(job.token, job.class_name),
+        class_images,
+        class_prompt(job.class_name),
+    )
+    trainer = make_trainer(preset, data, config)
+    start = 0
+    if checkpoints is not None:
+        start = load_checkpoint(checkpoints, trainer) or 0
+    callbacks = []
+    if checkpoints is not None:
+        callbacks.append(CheckpointCallback(checkpoints, trainer, config.checkpoint_every, start))
+    if progress is not None:
+        started = time.monotonic()
+
+        def report(step: int, logs: dict[str, float]) -> None:
+            per_step = (time.monotonic() - started) / max(1, step - start)
+            left = per_step * (config.steps - step)
+            progress(Progress(step, config.steps, logs.get("loss", float("nan")), per_step, left))
+
+        callbacks.append(StepCallback(report, start))
+    trainer.train(data, start_step=start, callbacks=callbacks)
+    return export_model(
+        trainer,
+        preset,
+        out_dir,
+        identifier=job.token,
+        class_name=job.class_name,
+        instance_prompt=instance_prompt(job.token, job.class_name),
+        steps=config.steps,
+        base_seed=job.base_seed,
+    )
