@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import unicodedata
-import warnings
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -257,6 +257,9 @@ def check_photo(
     installation (no face detector) raises.
     """
     data = photo.data
+    if photo.read_error is not None:
+        message = f"This file could not be read ({photo.read_error})."
+        return _report(photo, index, [_Issue(Reason.CORRUPT, Verdict.REJECT, message)])
     if not data:
         return _report(
             photo, index, [_Issue(Reason.NOT_IMAGE, Verdict.REJECT, "This file is empty.")]
@@ -320,9 +323,7 @@ def _analyse(
     rules: PhotoRules,
     normalise: bool,
 ) -> PhotoReport:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        decoded, frames = _decode(photo.data, fmt, rules)
+    decoded, frames = _decode(photo.data, fmt, rules)
     if frames is not None and frames > 1:
         message = f"This is an animation with {frames} frames; send a still photo."
         issues.append(_Issue(Reason.ANIMATED, Verdict.REJECT, message))
@@ -385,7 +386,7 @@ def _analyse(
 
 
 def check_photos(
-    photos: Sequence[PhotoInput],
+    photos: Iterable[PhotoInput],
     rules: PhotoRules,
     *,
     normalise: bool = True,
@@ -394,23 +395,28 @@ def check_photos(
     """Check a whole training set: every photo in input order, near-duplicates, set size.
 
     A later copy of a kept photo is rejected as a duplicate, so the first one sent is the one
-    trained on. ``workers`` > 1 checks photos in threads (decoders release the GIL).
+    trained on. ``photos`` is consumed lazily, so a caller may read files one at a time; with
+    ``workers`` > 1 a few photos are checked at once in threads (the decoders release the GIL).
     """
-    if workers > 1 and len(photos) > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            reports = list(
-                pool.map(
-                    lambda ip: check_photo(ip[1], rules, index=ip[0], normalise=normalise),
-                    enumerate(photos),
-                )
-            )
-    else:
-        reports = [
-            check_photo(photo, rules, index=i, normalise=normalise)
-            for i, photo in enumerate(photos)
-        ]
-    reports = _mark_duplicates(reports, rules)
-    return _set_report(tuple(reports), rules)
+    reports = list(_check_each(photos, rules, normalise, workers))
+    return _set_report(tuple(_mark_duplicates(reports, rules)), rules)
+
+
+def _check_each(
+    photos: Iterable[PhotoInput], rules: PhotoRules, normalise: bool, workers: int
+) -> Iterator[PhotoReport]:
+    if workers <= 1:
+        for i, photo in enumerate(photos):
+            yield check_photo(photo, rules, index=i, normalise=normalise)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="photos") as pool:
+        pending: deque[Future[PhotoReport]] = deque()
+        for i, photo in enumerate(photos):
+            pending.append(pool.submit(check_photo, photo, rules, index=i, normalise=normalise))
+            if len(pending) >= 2 * workers:  # bound the photos held in memory at once
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _mark_duplicates(reports: list[PhotoReport], rules: PhotoRules) -> list[PhotoReport]:

@@ -131,6 +131,9 @@ class PhotoInput:
     data: bytes
     name: str = ""
     content_type: str | None = None
+    # Why the bytes could not be fetched (a failed download, an unreadable file): the photo is
+    # then reported as unreadable instead of silently dropped, so the set still lists it.
+    read_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

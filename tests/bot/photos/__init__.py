@@ -1,0 +1,1 @@
+"""Tests of photo intake (bot.photos and `dreambot photos check`)."""
