@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=1,
         )
     )
-    for call in calls.values():
-        call()  # warm-up: tracing and first-call costs are not what is compared
+    warm = {name: call() for name, call in calls.items()}  # warm-up (tracing) is not timed
     seconds = _time(calls, args.repeats)
 
     print(
@@ -120,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         "KerasCV's UNet predict_on_batch jit_compile: "
         f"{preset.diffusion_model.jit_compile} (ours: off unless '(XLA)')"
     )
+    if args.xla:
+        xla_diff = np.abs(
+            np.asarray(warm["ours (tf.function + XLA)"]).astype(np.int16)
+            - np.asarray(warm["ours (tf.function)"]).astype(np.int16)
+        )
+        print(f"XLA vs tf.function: max pixel difference {int(xla_diff.max())}")
     rates: dict[str, float] = {}
     for name, times in seconds.items():
         median = statistics.median(times)

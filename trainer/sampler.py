@@ -127,8 +127,7 @@ class Sampler:
             raise ValueError("max_prompt_length is needed when the text encoder has no fixed input")
         self.max_prompt_length = int(length)
         self.pad_id = int(tokenizer.end_of_text if pad_id is None else pad_id)
-        latent_shape = getattr(diffusion_model, "inputs", None)
-        if not latent_shape:
+        if not getattr(diffusion_model, "inputs", None):
             raise ValueError("the diffusion model must be a built functional model")
         self.latent_shape = tuple(int(d) for d in diffusion_model.inputs[0].shape[1:])
         self.embedding_dim = int(diffusion_model.inputs[1].shape[-1])
@@ -197,7 +196,7 @@ class Sampler:
         return ids + [self.pad_id] * (self.max_prompt_length - len(ids))
 
     def _encode_tokens(self, tokens: tf.Tensor) -> tf.Tensor:
-        return self.text_encoder([tokens, self._positions], training=False)
+        return tf.cast(self.text_encoder([tokens, self._positions], training=False), tf.float32)
 
     def context(self, prompt: str, *, which: str = "prompt") -> tf.Tensor:
         """The text encoder's output for ``prompt``, ``[1, length, width]`` (cached)."""
@@ -287,7 +286,12 @@ class Sampler:
         cond = self.context(prompt)
         uncond = self.context(negative_prompt, which="negative prompt")
         contexts = tf.concat([tf.repeat(uncond, n, axis=0), tf.repeat(cond, n, axis=0)], axis=0)
-        latent = self.initial_noise(seeds) if initial_noise is None else initial_noise
+        if initial_noise is None:
+            latent = self.initial_noise(seeds)
+        else:
+            latent = tf.convert_to_tensor(initial_noise, dtype=tf.float32)
+            if tuple(latent.shape) != (n, *self.latent_shape):
+                raise ValueError(f"initial_noise must have shape {(n, *self.latent_shape)}")
         t_embs, coeffs = self._schedule(steps)
         scale = tf.constant(guidance, dtype=tf.float32)
         for done, index in enumerate(range(steps - 1, -1, -1), start=1):
