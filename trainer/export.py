@@ -1,8 +1,9 @@
 """Export a trained model to a folder (and the blob store) and load it back onto a base model.
 
 A model folder holds ``model.json`` and one weights file: ``lora.npz`` (the LoRA factors only,
-float16 — about 1.6 MB for sd-v1 at rank 4) or ``unet.npz`` (every UNet weight, float16, in the
-model's fixed variable order). ``model.json`` names the base preset and base weights, so loading
+float16 — about 1.6 MB for sd-v1 at rank 4) or ``unet.npz`` (every UNet weight in the model's
+fixed variable order, float32: full fine-tuning at 2e-6 moves weights by less than float16 can
+represent, so rounding would undo it). ``model.json`` names the base preset and base weights, so loading
 onto the wrong base fails loudly instead of producing garbage.
 """
 
@@ -84,7 +85,7 @@ def export_model(
     if config.mode == "lora":
         arrays = extract_lora(unet, dtype="float16")
     else:
-        arrays = {f"w{i:05d}": np.asarray(w, np.float16) for i, w in enumerate(unet.get_weights())}
+        arrays = {f"w{i:05d}": np.asarray(w, np.float32) for i, w in enumerate(unet.get_weights())}
     data = _npz_bytes(arrays)
     meta = ModelMetadata(
         preset=preset.name,

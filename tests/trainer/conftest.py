@@ -93,7 +93,7 @@ def _run(preset: Any, data: Any, config: Any, ckpt_dir: Path) -> Run:
 
     tr = make_trainer(preset, data, config)
     before = [np.array(w) for w in tr.diffusion_model.get_weights()]
-    before_optimizer = [np.array(v) for v in tr.optimizer.variables]
+    before_optimizer = [np.array(v.numpy()) for v in tr.optimizer.variables]
     losses: list[float] = []
     callbacks = [
         StepCallback(lambda step, logs: losses.append(logs["loss"]), 0),
@@ -106,10 +106,13 @@ def _run(preset: Any, data: Any, config: Any, ckpt_dir: Path) -> Run:
 
 @pytest.fixture(scope="session")
 def lora_run(tiny_preset: Any, tiny_data: Any, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """Six LoRA steps (rank 4, batch 1) with a checkpoint after step 3."""
+    """Six LoRA steps (rank 4, batch 1), checkpoints after steps 3 and 6."""
     from trainer.dreambooth import TrainConfig
 
-    config = TrainConfig(mode="lora", steps=6, batch_size=1, checkpoint_every=3, seed=0)
+    # A high rate so six steps move the outputs well past float16 export noise.
+    config = TrainConfig(
+        mode="lora", steps=6, batch_size=1, learning_rate=1e-3, checkpoint_every=3, seed=0
+    )
     return _run(tiny_preset, tiny_data, config, tmp_path_factory.mktemp("lora-ckpt"))
 
 
@@ -118,7 +121,9 @@ def full_run(tiny_preset: Any, tiny_data: Any, tmp_path_factory: pytest.TempPath
     """Two full fine-tuning steps."""
     from trainer.dreambooth import TrainConfig
 
-    config = TrainConfig(mode="full", steps=2, batch_size=1, checkpoint_every=100, seed=0)
+    config = TrainConfig(
+        mode="full", steps=2, batch_size=1, learning_rate=1e-4, checkpoint_every=100, seed=0
+    )
     return _run(tiny_preset, tiny_data, config, tmp_path_factory.mktemp("full-ckpt"))
 
 

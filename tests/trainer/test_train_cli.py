@@ -1,0 +1,110 @@
+"""`dreambot train`: argument and photo errors, no TensorFlow in the bot, and a real tiny run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bot.cli import main
+
+
+def _write_photos(folder: Path, n: int) -> Path:
+    """Distinct, sharp 96 px photos (different stripe widths and colours) of one 'dog'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:96, 0:96]
+    for i in range(n):
+        stripes = ((xx + 3 * yy * (i % 2)) // (4 + 3 * i)) % 2
+        colour = np.array([200 - 30 * i, 40 + 25 * i, 90 + 20 * i])
+        img = np.where(stripes[..., None] == 1, colour, 255 - colour).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"photo{i}.png")
+    return folder
+
+
+@pytest.fixture
+def settings_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MODEL_PRESET", "tiny")
+    monkeypatch.delenv("BLOB_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_bot_cli_imports_no_tensorflow() -> None:
+    code = (
+        "import sys, bot.cli, bot.cli.train; "
+        "bad = [m for m in ('tensorflow', 'keras', 'trainer') if m in sys.modules]; "
+        "sys.exit(repr(bad) if bad else 0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bad_arguments_exit_non_zero(
+    settings_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(settings_env / "out")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--photos", ".", "--class-name", "Big Dog", "--token", "sks", "--out", out])
+    assert info.value.code == 2
+    assert "one lowercase word" in capsys.readouterr().err
+    missing = str(settings_env / "nope")
+    assert (
+        main(["train", "--photos", missing, "--class-name", "dog", "--token", "sks", "--out", out])
+        == 2
+    )
+    assert "is not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "train",
+                "--photos",
+                ".",
+                "--class-name",
+                "dog",
+                "--token",
+                "sks",
+                "--steps",
+                "0",
+                "--out",
+                out,
+            ]
+        )
+
+
+def test_too_few_photos_are_refused_before_training(
+    settings_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = _write_photos(settings_env / "photos", 1)
+    code = main(
+        ["train", "--photos", str(photos), "--class-name", "dog", "--token", "sks", "--out", "o"]
+    )
+    assert code == 1
+    assert "photo" in capsys.readouterr().err.lower()
+    assert not (settings_env / "o" / "model.json").exists()
+
+
+def test_train_writes_a_model_imagine_can_load(
+    settings_env: Path, capsys: pytest.CaptureFixture[str], tiny_preset: Any
+) -> None:
+    photos = _write_photos(settings_env / "photos", 4)
+    out = settings_env / "model"
+    argv = ["train", "--photos", str(photos), "--class-name", "dog", "--token", "sks"]
+    argv += ["--preset", "tiny", "--steps", "3", "--class-images", "2", "--out", str(out)]
+    assert main([*argv, "--checkpoint-every", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "step 3/3" in captured.err and "loss" in captured.err and "ETA" in captured.err
+    assert "class images 2/2" in captured.err
+    assert "lora model of 'a photo of sks dog' after 3 steps" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["lora.npz", "model.json"]
+
+    from trainer.export import load_model, read_metadata
+
+    meta = read_metadata(out)
+    assert (meta.preset, meta.resolution, meta.class_name, meta.steps) == ("tiny", 64, "dog", 3)
+    loaded = load_model(out, base=tiny_preset)  # the CLI's base is the same seed-0 tiny model
+    assert loaded.diffusion_model is not tiny_preset.diffusion_model
