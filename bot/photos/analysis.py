@@ -159,10 +159,10 @@ def detect_faces(grey: Grey) -> list[Face]:
     """
     height, width = grey.shape
     min_side = max(24, int(min(height, width) * _MIN_FACE_SHARE))
-    # scaleFactor 1.15 and 6 neighbours: on sample photos (coins, the moon) 1.1 and 5 found faces
-    # that are not there, while a real frontal face is still found at every size we tried.
+    # scaleFactor 1.2 and 5 neighbours: on sample photos (coins, the moon) 1.1 found faces that
+    # are not there; 1.2 still finds a frontal face at every size we tried and is ~2x faster.
     boxes = _cascade().detectMultiScale(
-        grey, scaleFactor=1.15, minNeighbors=6, minSize=(min_side, min_side)
+        grey, scaleFactor=1.2, minNeighbors=5, minSize=(min_side, min_side)
     )
     faces = sorted(
         (Face(int(x), int(y), int(w), int(h)) for x, y, w, h in boxes),

@@ -7,8 +7,6 @@ the training resolution, and everything else works on that small copy.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import unicodedata
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
-from PIL import Image, ImageCms
+from PIL import Image
 
 from bot.photos.analysis import (
     ANALYSIS_SIDE,
@@ -28,6 +26,7 @@ from bot.photos.analysis import (
     sharpness,
     to_analysis_scale,
 )
+from bot.photos.imaging import decode, encode_png, orientation, prepare, square_crop
 from bot.photos.model import (
     NormalisedPhoto,
     PhotoInput,
@@ -42,17 +41,6 @@ from storage.errors import UserFacingError
 
 __all__ = ["check_photo", "check_photos", "display_name", "normalise_photo"]
 
-_ORIENTATION_TAG = 0x0112
-_TRANSPOSE: dict[int, tuple[Image.Transpose, ...]] = {
-    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
-    3: (Image.Transpose.ROTATE_180,),
-    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
-    5: (Image.Transpose.TRANSPOSE,),
-    6: (Image.Transpose.ROTATE_270,),
-    7: (Image.Transpose.TRANSVERSE,),
-    8: (Image.Transpose.ROTATE_90,),
-}
-_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 _SEND_INSTEAD = "send a JPEG, PNG or WebP photo instead"
 
 
@@ -145,107 +133,9 @@ def _dimension_issues(width: int, height: int, rules: PhotoRules) -> list[_Issue
     return issues
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """Any decoded mode to one of RGB, RGBA, L, LA or CMYK with 8 bits per channel."""
-    mode = image.mode
-    if mode in ("RGB", "RGBA", "L", "LA", "CMYK"):
-        return image
-    if mode in ("P", "PA"):
-        has_alpha = mode == "PA" or "transparency" in image.info
-        return image.convert("RGBA" if has_alpha else "RGB")
-    if mode == "1":
-        return image.convert("L")
-    if mode.startswith(("I", "F")):
-        values = np.asarray(image)
-        peak = float(values.max()) if values.size else 0.0
-        if peak > 255:
-            values = values.astype(np.float32) * (255.0 / (65535.0 if peak <= 65535 else peak))
-        return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
-    return image.convert("RGBA" if "A" in mode or "a" in mode else "RGB")
-
-
-def _to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
-    """8-bit RGB in sRGB: alpha flattened on white, an embedded colour profile applied.
-
-    Phones tag photos Display P3; dropping the profile without converting would dull the colours.
-    """
-    if image.mode in ("RGBA", "LA"):
-        if image.mode == "LA":
-            icc = None  # a grey profile no longer fits once the image is flattened to RGB
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba).convert("RGB")
-    if icc:
-        try:
-            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
-            if converted is not None:
-                return converted
-        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
-            pass  # a broken profile is no reason to refuse a photo: fall back to the raw values
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def _orientation(image: Image.Image) -> int:
-    try:
-        value = image.getexif().get(_ORIENTATION_TAG, 1)
-    except Exception:  # Pillow raises many kinds on hostile EXIF; orientation is then unknown
-        return 1
-    return value if isinstance(value, int) and value in _TRANSPOSE else 1
-
-
-def _decode(data: bytes, fmt: str, rules: PhotoRules) -> tuple[Image.Image, int | None]:
-    """Fully decode the first frame at the smallest scale covering the training resolution.
-
-    Returns the 8-bit image (not yet oriented) and the frame count for animated formats. A full
-    decode is what catches truncated and corrupt data; for JPEG, ``draft`` lets libjpeg skip the
-    inverse DCT at full size while still reading every entropy-coded byte.
-    """
-    image = Image.open(io.BytesIO(data), formats=[fmt])
-    # A JPEG with several pictures is an MPO (phones add depth maps or previews): still a photo.
-    frames = getattr(image, "n_frames", 1) if fmt != "JPEG" else None
-    if fmt == "JPEG":
-        width, height = image.size
-        short = min(width, height)
-        side = _work_side(rules)
-        if short > side:
-            scale = side / short
-            image.draft(None, (max(1, int(width * scale)), max(1, int(height * scale))))
-    image.load()
-    return image, frames
-
-
 def _work_side(rules: PhotoRules) -> int:
     """Shorter side of the decoded working copy: enough for both training and analysis."""
     return max(rules.resolution, ANALYSIS_SIDE)
-
-
-def _working_size(width: int, height: int, side: int) -> tuple[int, int]:
-    short = min(width, height)
-    if short <= side:
-        return width, height
-    scale = side / short
-    return (
-        side if width == short else max(side, round(width * scale)),
-        side if height == short else max(side, round(height * scale)),
-    )
-
-
-def _square_crop(width: int, height: int, face: Face | None) -> tuple[int, int, int, int]:
-    side = min(width, height)
-    cx, cy = face.centre if face is not None else (width / 2, height / 2)
-    left = round(min(max(cx - side / 2, 0), width - side))
-    top = round(min(max(cy - side / 2, 0), height - side))
-    return left, top, left + side, top + side
-
-
-def _encode(image: Image.Image) -> NormalisedPhoto:
-    # A fresh image carries no info dict: no EXIF, GPS, ICC, XMP or text chunks reach the file.
-    clean = Image.frombytes("RGB", image.size, image.tobytes())
-    buffer = io.BytesIO()
-    clean.save(buffer, format="PNG", compress_level=3)
-    data = buffer.getvalue()
-    return NormalisedPhoto(data=data, sha256=hashlib.sha256(data).hexdigest(), size=clean.width)
 
 
 def check_photo(
@@ -323,25 +213,15 @@ def _analyse(
     rules: PhotoRules,
     normalise: bool,
 ) -> PhotoReport:
-    decoded, frames = _decode(photo.data, fmt, rules)
+    decoded, frames = decode(photo.data, fmt, _work_side(rules))
     if frames is not None and frames > 1:
         message = f"This is an animation with {frames} frames; send a still photo."
         issues.append(_Issue(Reason.ANIMATED, Verdict.REJECT, message))
         return _report(photo, index, issues, **info)
-    icc = decoded.info.get("icc_profile")
-    orientation = _orientation(decoded)
-    image = _to_8bit(decoded)
-    image = image.resize(
-        _working_size(image.width, image.height, _work_side(rules)),
-        Image.Resampling.LANCZOS,
-        reducing_gap=3.0,
-    )
-    for step in _TRANSPOSE.get(orientation, ()):
-        image = image.transpose(step)
-    rgb = _to_srgb(image, icc if isinstance(icc, bytes) else None)
-    info["width"], info["height"] = (
-        (info["height"], info["width"]) if orientation >= 5 else (info["width"], info["height"])
-    )
+    turn = orientation(decoded)
+    rgb = prepare(decoded, _work_side(rules), turn)
+    if turn >= 5:  # rotated a quarter turn: report the size as the photo is seen
+        info["width"], info["height"] = info["height"], info["width"]
     grey = to_analysis_scale(np.asarray(rgb.convert("L")))
     to_rgb = rgb.width / grey.shape[1]
     score = sharpness(grey)
@@ -378,10 +258,8 @@ def _analyse(
                 round(f.height * to_rgb),
             )
     if normalise and not any(i.verdict is Verdict.REJECT for i in issues):
-        square = rgb.crop(_square_crop(rgb.width, rgb.height, face))
-        if square.width != rules.resolution:
-            square = square.resize((rules.resolution, rules.resolution), Image.Resampling.LANCZOS)
-        info["normalised"] = _encode(square)
+        square = rgb.crop(square_crop(rgb.width, rgb.height, face))
+        info["normalised"] = encode_png(square, rules.resolution)
     return _report(photo, index, issues, **info)
 
 
