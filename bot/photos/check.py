@@ -7,6 +7,7 @@ the training resolution, and everything else works on that small copy.
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,6 +41,8 @@ from bot.photos.sniff import header_size, sniff
 from storage.errors import UserFacingError
 
 __all__ = ["check_photo", "check_photos", "display_name", "normalise_photo"]
+
+log = logging.getLogger(__name__)
 
 _SEND_INSTEAD = "send a JPEG, PNG or WebP photo instead"
 
@@ -200,7 +203,9 @@ def check_photo(
     except Image.DecompressionBombError:
         message = f"This image has too many pixels; the limit is {rules.max_pixels / 1e6:g} MP."
         return _report(photo, index, [_Issue(Reason.TOO_MANY_PIXELS, Verdict.REJECT, message)])
-    except Exception:  # any decoder failure on hostile data means the file is unusable
+    except Exception as exc:  # any decoder failure on hostile data means the file is unusable
+        # No traceback: hostile files are expected. The repr is enough to spot a bug of ours.
+        log.debug("photo #%d could not be decoded: %r", index + 1, exc)
         return _report(photo, index, [*issues, corrupt], **info)
 
 

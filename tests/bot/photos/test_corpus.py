@@ -279,6 +279,15 @@ def test_minimum_side_scales_with_resolution() -> None:
     )
 
 
+def test_multi_picture_jpeg_is_a_photo_not_an_animation() -> None:
+    # Phones write MPO files (a JPEG plus depth map or preview): the first picture is the photo.
+    data = encode(_photo(1), "MPO", save_all=True, append_images=[_photo(2)])
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    report = check_photo(PhotoInput(data, "portrait.jpg"), MUG)
+    assert report.verdict is Verdict.OK, report
+    assert report.format == "JPEG"
+
+
 def test_unreadable_upload_is_reported() -> None:
     report = check_photo(PhotoInput(b"", "a.jpg", read_error="download failed"), MUG)
     assert report.reasons == (Reason.CORRUPT,)
