@@ -112,14 +112,16 @@ def test_exif_rotated_jpeg_comes_out_upright(orientation: int) -> None:
     assert bottom[..., 2].mean() > bottom[..., 0].mean() + 60  # blue at the bottom
 
 
-def test_transparency_is_flattened_on_white() -> None:
-    image = textured_photo(6, (800, 600)).convert("RGBA")
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+@pytest.mark.parametrize("size", [(800, 600), (2400, 1800)], ids=["small", "reduced-first"])
+def test_transparency_is_flattened_on_white(mode: str, size: tuple[int, int]) -> None:
+    image = textured_photo(6, size).convert(mode)
     alpha = Image.new("L", image.size, 255)
-    alpha.paste(0, (0, 0, 800, 150))  # top quarter fully transparent
+    alpha.paste(0, (0, 0, size[0], size[1] // 4))  # top quarter fully transparent
     image.putalpha(alpha)
-    out = _decode(normalise_photo(encode(image, "PNG"), MUG).data)
-    top = np.asarray(out)[:80]
-    assert top.min() >= 250
+    out = np.asarray(_decode(normalise_photo(encode(image, "PNG"), MUG).data), dtype=np.int32)
+    assert out[:80].min() >= 250  # transparent: white
+    assert out[-200:].mean() < 200  # opaque: the picture, not white
 
 
 def test_cmyk_colours_survive() -> None:
