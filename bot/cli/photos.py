@@ -162,6 +162,9 @@ def _expand(paths: list[Path]) -> list[Path]:
 def _read_all(files: list[Path], max_bytes: int) -> Iterator[PhotoInput]:
     """Read one file at a time, and never more than one byte past the limit."""
     for path in files:
+        if not path.is_file():  # a FIFO or a device would block or never end
+            yield PhotoInput(b"", path.name, read_error="not a regular file")
+            continue
         try:
             with path.open("rb") as handle:
                 data = handle.read(max_bytes + 1)

@@ -108,6 +108,20 @@ def test_out_writes_normalised_photos_with_safe_names(
     assert "\x1b" not in out and "\\u001b" in out  # the escape is shown, not obeyed
 
 
+@pytest.mark.timeout(30)
+def test_special_files_are_reported_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    paths = [*map(str, _write_good(tmp_path / "set", 3)), str(fifo), "/dev/zero"]
+    code, out, _ = _run(capsys, "--json", "--class-name", "mug", *paths)
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["reasons"] for r in rows[3:]] == [["corrupt"], ["corrupt"]]
+    assert "not a regular file" in rows[3]["message"]
+
+
 @pytest.mark.parametrize(
     "argv",
     [
