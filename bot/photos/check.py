@@ -44,6 +44,8 @@ __all__ = ["check_photo", "check_photos", "display_name", "normalise_photo"]
 
 log = logging.getLogger(__name__)
 
+# Zero-width (non-)joiners are format characters too, but emoji sequences need them.
+_JOINERS = frozenset("\u200c\u200d")
 _SEND_INSTEAD = "send a JPEG, PNG or WebP photo instead"
 
 
@@ -59,7 +61,9 @@ def display_name(name: str, limit: int = 80) -> str:
 
     It is only ever shown, never used as a path.
     """
-    cleaned = "".join("?" if unicodedata.category(c).startswith("C") else c for c in name).strip()
+    cleaned = "".join(
+        "?" if unicodedata.category(c).startswith("C") and c not in _JOINERS else c for c in name
+    ).strip()
     if len(cleaned) > limit:
         cleaned = cleaned[: limit - 1] + "…"
     return cleaned or "(unnamed)"
@@ -197,7 +201,7 @@ def check_photo(
     if any(i.verdict is Verdict.REJECT for i in issues):
         return _report(photo, index, issues, **info)
     try:
-        return _analyse(photo, index, fmt, issues, info, rules, normalise)
+        return _analyse(photo, index, fmt, (width, height), issues, info, rules, normalise)
     except FaceDetectorUnavailable:
         raise
     except Image.DecompressionBombError:
@@ -213,12 +217,13 @@ def _analyse(
     photo: PhotoInput,
     index: int,
     fmt: str,
+    size: tuple[int, int],
     issues: list[_Issue],
     info: dict[str, object],
     rules: PhotoRules,
     normalise: bool,
 ) -> PhotoReport:
-    decoded, frames = decode(photo.data, fmt, _work_side(rules))
+    decoded, frames = decode(photo.data, fmt, _work_side(rules), size)
     if frames is not None and frames > 1:
         message = f"This is an animation with {frames} frames; send a still photo."
         issues.append(_Issue(Reason.ANIMATED, Verdict.REJECT, message))

@@ -52,14 +52,18 @@ if _PNG_FILTER is not None:
 Decoded = tuple[Image.Image, int | None]
 
 
-def decode(data: bytes, fmt: str, min_side: int) -> Decoded:
+def decode(data: bytes, fmt: str, min_side: int, size: tuple[int, int]) -> Decoded:
     """Fully decode the first frame at the smallest scale whose shorter side is >= ``min_side``.
 
+    ``size`` is what our own header parser read; a file whose decoder sees another size (a JPEG
+    with a second, larger frame header) is refused, so the pixel limit checked earlier holds.
     Returns the image and, for formats that can animate, the frame count. A full decode is what
     catches truncated and corrupt data; for JPEG, ``draft`` has libjpeg scale in the DCT (1/2,
     1/4, 1/8), so it still reads every entropy-coded byte but never builds the 12 MP bitmap.
     """
     image = Image.open(io.BytesIO(data), formats=[fmt])
+    if image.size != size:
+        raise ValueError(f"header says {size}, decoder says {image.size}")
     # A JPEG holding several pictures is an MPO (phones add depth maps, previews): still a photo.
     frames = getattr(image, "n_frames", 1) if fmt != "JPEG" else None
     if fmt == "JPEG":

@@ -243,6 +243,27 @@ def test_hostile_name_is_only_shown(corpus_reports: dict[str, PhotoReport]) -> N
 def test_control_characters_are_removed_from_names() -> None:
     report = check_photo(PhotoInput(b"", "evil\x1b[2J\u202ename\n.jpg"), MUG)
     assert report.name == "evil?[2J?name?.jpg"
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467.jpg"  # an emoji sequence survives
+    assert check_photo(PhotoInput(b"", family), MUG).name == family
+
+
+def _second_frame_header(data: bytes, width: int, height: int) -> bytes:
+    """Insert a second start-of-frame segment claiming another size before the scan."""
+    scan = data.index(b"\xff\xda")
+    sof = data.index(b"\xff\xc0")
+    length = int.from_bytes(data[sof + 2 : sof + 4], "big")
+    segment = bytearray(data[sof : sof + 2 + length])
+    segment[5:9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return data[:scan] + bytes(segment) + data[scan:]
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_jpeg_whose_decoder_would_see_another_size_is_refused() -> None:
+    # Our parser reads the first frame header, Pillow the last: 768 x 576 passes the pixel
+    # check, then a second header claims 12000 x 12000. The mismatch itself is the refusal.
+    data = _second_frame_header(encode(_photo()), 12000, 12000)
+    report = check_photo(PhotoInput(data, "two-headers.jpg"), MUG)
+    assert report.reasons == (Reason.CORRUPT,)
 
 
 def test_header_bomb_is_refused_from_the_header(monkeypatch: pytest.MonkeyPatch) -> None:
