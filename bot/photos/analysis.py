@@ -38,9 +38,11 @@ Grey = NDArray[np.uint8]
 # after training at 512 px anyway.
 ANALYSIS_SIDE = 256
 
-# OpenCV's frontal-face Haar cascade: it ships inside the opencv-python-headless 4.x wheel (no
-# download at run time), runs in a few milliseconds on a 512 px image on one CPU core and is good
-# at exactly what we ask: is there one clear, roughly frontal face in this selfie-style photo.
+# OpenCV's frontal-face Haar cascade. Its XML ships inside the opencv-python-headless 4.x wheel
+# (cv2.data.haarcascades), so nothing is downloaded at run time; OpenCV 5 dropped both the files
+# and CascadeClassifier, hence the pin below 5. YuNet (cv2.FaceDetectorYN) is more accurate but
+# needs an ONNX file that no wheel ships. On the 256 px analysis copy the cascade takes 10-30 ms
+# on one core and answers what we ask: is there one clear, roughly frontal face.
 FACE_MODEL = "haarcascade_frontalface_default.xml"
 # Faces narrower than this share of the shorter side are background people, not the subject.
 _MIN_FACE_SHARE = 0.10
