@@ -135,6 +135,7 @@ class Sampler:
         self.alphas_cumprod = np.asarray(alphas, dtype=np.float64)
         self._positions = tf.range(self.max_prompt_length, dtype=tf.int32)[None, :]
         self._contexts: dict[str, tf.Tensor] = {}
+        self._schedules: dict[int, tuple[list[tf.Tensor], list[tf.Tensor]]] = {}
         if compile:
             # One trace serves every batch size (1-4 images); XLA still specialises per shape.
             latent_spec = tf.TensorSpec((None, *self.latent_shape), tf.float32)
@@ -248,6 +249,10 @@ class Sampler:
         return tf.cast(tf.clip_by_value(decoded, 0.0, 255.0), tf.uint8)
 
     def _schedule(self, steps: int) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+        """Per-step timestep embeddings and DDIM coefficients, computed once per step count."""
+        cached = self._schedules.get(steps)
+        if cached is not None:
+            return cached
         timesteps = ddim_timesteps(steps)
         alphas = self.alphas_cumprod[timesteps]
         alphas_prev = np.concatenate([[1.0], alphas[:-1]])
@@ -261,7 +266,9 @@ class Sampler:
             axis=1,
         ).astype(np.float32)
         embeddings = timestep_embeddings(timesteps, self.embedding_dim)
-        return tf.unstack(embeddings), tf.unstack(tf.constant(coeffs))
+        cached = (tf.unstack(embeddings), tf.unstack(tf.constant(coeffs)))
+        self._schedules[steps] = cached
+        return cached
 
     # -- public -------------------------------------------------------------------------------
 
