@@ -81,14 +81,6 @@ def run_imagine(args: argparse.Namespace) -> int:
     """Generate ``--n`` images from a model folder and write them as PNG files."""
     model_dir: Path = args.model
     out_dir: Path = args.out
-    if not model_dir.is_dir():
-        print(f"dreambot imagine: error: model folder {model_dir} does not exist", file=sys.stderr)
-        return 1
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"dreambot imagine: error: cannot create {out_dir}: {exc}", file=sys.stderr)
-        return 1
     seed: int = secrets.randbelow(2**31) if args.seed is None else args.seed
     seeds = [seed + i for i in range(args.n)]
     if seeds[-1] > MAX_SEED:
@@ -97,6 +89,14 @@ def run_imagine(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if not model_dir.is_dir():
+        print(f"dreambot imagine: error: model folder {model_dir} does not exist", file=sys.stderr)
+        return 1
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"dreambot imagine: error: cannot create {out_dir}: {exc}", file=sys.stderr)
+        return 1
     if args.seed is None:
         print(f"seed: {seed} (pass --seed {seed} to repeat)", file=sys.stderr)
 

@@ -71,6 +71,17 @@ def test_missing_out_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--out" in _usage_error(["--model", str(tmp_path), PROMPT], capsys)
 
 
+def test_seeds_past_the_range_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    top = str(imagine.MAX_SEED)
+    argv = ["--model", str(tmp_path), "--out", str(tmp_path / "o"), PROMPT, "--seed", top]
+    code, _, err = _run([*argv, "--n", "2"], capsys)
+    assert code == 2
+    assert f"--seed must be at most {imagine.MAX_SEED - 1}" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_model_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nope"
     code, out, err = _run(["--model", str(missing), "--out", str(tmp_path / "o"), PROMPT], capsys)
