@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "train",
         help="fine-tune a personal model from a folder of photos (DreamBooth, runs here)",
         description="Train a DreamBooth model on this machine and write a model folder that "
-        "`dreambot imagine --model DIR` can use.",
+        "`dreambot imagine --model DIR` can use. Checkpoints go to OUT/checkpoints; running the "
+        "same command again after an interruption resumes from the last one.",
     )
     p.add_argument("--photos", type=Path, required=True, help="folder with 3-25 photos")
     p.add_argument("--class-name", type=_word, required=True, help="what the subject is: dog")
