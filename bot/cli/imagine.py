@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import secrets
 import sys
 import time
@@ -48,11 +47,6 @@ def _guidance(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"guidance must be 0 or more (got {text})")
     return value
-
-
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name)
-    return Path(value) if value else None
 
 
 class Progress:
@@ -100,14 +94,18 @@ def run_imagine(args: argparse.Namespace) -> int:
     if args.seed is None:
         print(f"seed: {seed} (pass --seed {seed} to repeat)", file=sys.stderr)
 
+    from bot.config import load_settings
     from storage.errors import ConfigError, DreambotError
 
     print(f"loading {model_dir} …", file=sys.stderr)
     try:
+        settings = load_settings()
+        weights_dir = args.weights_dir or settings.weights_dir
+        bpe_path = args.bpe_path or settings.bpe_path
         from trainer.export import load_model
         from trainer.sampler import Sampler
 
-        model = load_model(model_dir, weights_dir=args.weights_dir, bpe_path=args.bpe_path)
+        model = load_model(model_dir, weights_dir=weights_dir, bpe_path=bpe_path)
         sampler = Sampler.from_components(model, jit_compile=args.xla)
         images = sampler.generate_png(
             args.prompt,
@@ -143,28 +141,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="where PNGs go")
     parser.add_argument("--negative", default="", metavar="TEXT", help="what to steer away from")
     parser.add_argument(
-        "--n", type=_int_in("n", 1, MAX_IMAGES), default=1, help=f"images, 1-{MAX_IMAGES}"
+        "--n",
+        type=_int_in("n", 1, MAX_IMAGES),
+        default=1,
+        help=f"images, 1-{MAX_IMAGES} (default: 1)",
     )
     parser.add_argument(
-        "--steps", type=_int_in("steps", 1, MAX_STEPS), default=30, help="denoising steps"
+        "--steps",
+        type=_int_in("steps", 1, MAX_STEPS),
+        default=30,
+        help="denoising steps (default: 30)",
     )
-    parser.add_argument("--guidance", type=_guidance, default=7.5, help="guidance scale")
+    parser.add_argument(
+        "--guidance", type=_guidance, default=7.5, help="guidance scale (default: 7.5)"
+    )
     parser.add_argument(
         "--seed", type=_int_in("seed", 0, MAX_SEED), default=None, help="random when omitted"
     )
     parser.add_argument(
         "--weights-dir",
         type=Path,
-        default=_env_path("WEIGHTS_DIR"),
         metavar="DIR",
-        help="base weight files for sd-v1 models (default: $WEIGHTS_DIR)",
+        help="base weight files for sd-v1 models (default: the WEIGHTS_DIR setting)",
     )
     parser.add_argument(
         "--bpe-path",
         type=Path,
-        default=_env_path("BPE_PATH"),
         metavar="FILE",
-        help="CLIP BPE vocabulary for sd-v1 models (default: $BPE_PATH)",
+        help="CLIP BPE vocabulary for sd-v1 models (default: the BPE_PATH setting)",
     )
     parser.add_argument("--xla", action="store_true", help="XLA-compile the denoising step")
     parser.set_defaults(func=run_imagine)
