@@ -7,7 +7,8 @@ sampler keeps KerasCV's schedule and update arithmetic exactly, but:
 - concatenates the unconditional and conditional batches into **one** UNet call per step;
 - caches prompt encodings (the unconditional / negative one is reused across calls);
 - precomputes every timestep embedding and DDIM coefficient once, vectorised;
-- runs the denoise step and the decoder as ``tf.function`` (optionally XLA-compiled);
+- runs the denoising loop and the decoder as ``tf.function`` graphs (optionally XLA-compiled),
+  returning to Python only to report progress;
 - draws each image's starting noise from its own seed with a stateless RNG, so image ``i`` of a
   batch depends only on ``seeds[i]`` (``[s1, s2]`` gives the same ``s1`` image as ``[s1]``);
 - reads the pad id and the prompt length from the tokenizer and the text encoder.
@@ -135,19 +136,19 @@ class Sampler:
         self.alphas_cumprod = np.asarray(alphas, dtype=np.float64)
         self._positions = tf.range(self.max_prompt_length, dtype=tf.int32)[None, :]
         self._contexts: dict[str, tf.Tensor] = {}
-        self._schedules: dict[int, tuple[list[tf.Tensor], list[tf.Tensor]]] = {}
+        self._schedules: dict[int, tuple[tf.Tensor, tf.Tensor]] = {}
         if compile:
-            # One trace serves every batch size (1-4 images); XLA still specialises per shape.
+            # One trace serves every batch size and span length; XLA still specialises per shape.
             latent_spec = tf.TensorSpec((None, *self.latent_shape), tf.float32)
             context_spec = tf.TensorSpec((None, self.max_prompt_length, None), tf.float32)
-            self._step = tf.function(
-                self._denoise_step,
+            self._span = tf.function(
+                self._denoise_span,
                 jit_compile=jit_compile,
                 input_signature=[
                     latent_spec,
-                    tf.TensorSpec((self.embedding_dim,), tf.float32),
+                    tf.TensorSpec((None, self.embedding_dim), tf.float32),
                     context_spec,
-                    tf.TensorSpec((4,), tf.float32),
+                    tf.TensorSpec((None, 4), tf.float32),
                     tf.TensorSpec((), tf.float32),
                 ],
             )
@@ -159,7 +160,7 @@ class Sampler:
                 input_signature=[tf.TensorSpec((1, self.max_prompt_length), tf.int32)],
             )
         else:
-            self._step = self._denoise_step
+            self._span = self._denoise_span
             self._decode = self._decode_images
             self._encode = self._encode_tokens
 
@@ -243,13 +244,26 @@ class Sampler:
         pred_x0 = (latent - coeffs[0] * eps) / coeffs[1]
         return eps * coeffs[2] + coeffs[3] * pred_x0
 
+    def _denoise_span(
+        self,
+        latent: tf.Tensor,
+        t_embs: tf.Tensor,
+        contexts: tf.Tensor,
+        coeffs: tf.Tensor,
+        guidance: tf.Tensor,
+    ) -> tf.Tensor:
+        """Consecutive steps (rows in execution order) in one graph loop: no Python per step."""
+        for i in tf.range(tf.shape(t_embs)[0]):
+            latent = self._denoise_step(latent, t_embs[i], contexts, coeffs[i], guidance)
+        return latent
+
     def _decode_images(self, latent: tf.Tensor) -> tf.Tensor:
         decoded = tf.cast(self.decoder(latent, training=False), tf.float32)
         decoded = ((decoded + 1.0) / 2.0) * 255.0
         return tf.cast(tf.clip_by_value(decoded, 0.0, 255.0), tf.uint8)
 
-    def _schedule(self, steps: int) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
-        """Per-step timestep embeddings and DDIM coefficients, computed once per step count."""
+    def _schedule(self, steps: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """Timestep embeddings and DDIM coefficients in execution order (high t first), cached."""
         cached = self._schedules.get(steps)
         if cached is not None:
             return cached
@@ -266,7 +280,7 @@ class Sampler:
             axis=1,
         ).astype(np.float32)
         embeddings = timestep_embeddings(timesteps, self.embedding_dim)
-        cached = (tf.unstack(embeddings), tf.unstack(tf.constant(coeffs)))
+        cached = (embeddings[::-1], tf.constant(coeffs[::-1].copy()))
         self._schedules[steps] = cached
         return cached
 
@@ -281,11 +295,14 @@ class Sampler:
         steps: int = 50,
         guidance: float = 7.5,
         progress: ProgressFn | None = None,
+        progress_every: int = 1,
         initial_noise: tf.Tensor | None = None,
     ) -> np.ndarray:
         """Images for ``prompt``, one per seed, as ``uint8`` ``[n, H, W, 3]``.
 
         ``negative_prompt`` replaces the empty unconditional prompt of classifier-free guidance.
+        Without ``progress`` all steps run in one graph loop; with it, ``progress`` is called
+        every ``progress_every`` steps (each report is one return to Python).
         ``initial_noise`` overrides the seeded noise (used to compare against KerasCV).
         """
         self._validate(seeds, steps, guidance)
@@ -301,10 +318,12 @@ class Sampler:
                 raise ValueError(f"initial_noise must have shape {(n, *self.latent_shape)}")
         t_embs, coeffs = self._schedule(steps)
         scale = tf.constant(guidance, dtype=tf.float32)
-        for done, index in enumerate(range(steps - 1, -1, -1), start=1):
-            latent = self._step(latent, t_embs[index], contexts, coeffs[index], scale)
+        span = steps if progress is None else max(1, progress_every)
+        for start in range(0, steps, span):
+            stop = min(start + span, steps)
+            latent = self._span(latent, t_embs[start:stop], contexts, coeffs[start:stop], scale)
             if progress is not None:
-                progress(done, steps)
+                progress(stop, steps)
         return np.asarray(self._decode(latent))
 
     def generate_png(self, prompt: str, **kwargs: Any) -> list[bytes]:

@@ -120,6 +120,16 @@ def test_negative_prompt_replaces_the_unconditional_prompt(sampler: Sampler) -> 
     assert _diff(low, high).max() <= 1
 
 
+def test_progress_is_reported_without_changing_the_image(sampler: Sampler) -> None:
+    calls: list[tuple[int, int]] = []
+    quiet = sampler.generate(PROMPT, seeds=[4], steps=5)
+    chunked = sampler.generate(
+        PROMPT, seeds=[4], steps=5, progress=lambda *a: calls.append(a), progress_every=2
+    )
+    assert calls == [(2, 5), (4, 5), (5, 5)]
+    assert _diff(quiet, chunked).max() <= 1
+
+
 def test_compiled_step_matches_eager(sampler: Sampler, tiny_preset: Any) -> None:
     eager = Sampler.from_components(tiny_preset, compile=False)
     reference = eager.generate(PROMPT, seeds=[3], steps=3)
