@@ -34,7 +34,15 @@ __all__ = [
 
 MANIFEST = "checkpoint.json"
 # Config fields a resumed run must share with the run that wrote the checkpoint.
-_RUN_FIELDS = ("mode", "batch_size", "lora_rank", "lora_alpha", "seed", "precision")
+_RUN_FIELDS = (
+    "mode",
+    "batch_size",
+    "lora_rank",
+    "lora_alpha",
+    "train_text_encoder",
+    "seed",
+    "precision",
+)
 
 
 class CheckpointStore(Protocol):

@@ -81,6 +81,8 @@ class EncodedData:
     class_posteriors: np.ndarray | None
     instance_context: np.ndarray
     class_context: np.ndarray | None
+    instance_tokens: np.ndarray | None = None
+    class_tokens: np.ndarray | None = None
 
     @property
     def has_prior(self) -> bool:
@@ -104,16 +106,22 @@ def encode_training_data(
 ) -> EncodedData:
     """Encode images (with flips) and both prompts once."""
     if class_images is None or len(class_images) == 0:
-        context = np.asarray(preset.encode_prompts([instance_prompt]), dtype=np.float32)
-        return EncodedData(encode_posteriors(preset, instance_images), None, context[0], None)
+        tokens = preset.tokenize([instance_prompt])
+        context = np.asarray(preset.encode_tokens(tokens), dtype=np.float32)
+        return EncodedData(
+            encode_posteriors(preset, instance_images), None, context[0], None, tokens[0], None
+        )
     if not class_prompt:
         raise TrainingDataError("Class images need a class prompt.")
-    contexts = np.asarray(preset.encode_prompts([instance_prompt, class_prompt]), np.float32)
+    tokens = preset.tokenize([instance_prompt, class_prompt])
+    contexts = np.asarray(preset.encode_tokens(tokens), np.float32)
     return EncodedData(
         instance_posteriors=encode_posteriors(preset, instance_images),
         class_posteriors=encode_posteriors(preset, class_images),
         instance_context=contexts[0],
         class_context=contexts[1],
+        instance_tokens=tokens[0],
+        class_tokens=tokens[1],
     )
 
 

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from trainer.data import EncodedData, make_dataset, sample_latents
 from trainer.lora import enable_lora, lora_variables
-from trainer.presets import Preset, build_diffusion_model, timestep_embedding
+from trainer.presets import Preset, build_diffusion_model, build_text_encoder, timestep_embedding
 
 __all__ = [
     "DEFAULT_LR",
@@ -26,6 +26,7 @@ __all__ = [
     "StepCallback",
     "TrainConfig",
     "copy_diffusion_model",
+    "copy_text_encoder",
     "make_trainer",
 ]
 
@@ -46,6 +47,7 @@ class TrainConfig:
     learning_rate: float | None = None
     lora_rank: int = 4
     lora_alpha: float | None = None
+    train_text_encoder: bool = False
     prior_loss_weight: float = 1.0
     beta_1: float = 0.9
     beta_2: float = 0.999
@@ -62,6 +64,8 @@ class TrainConfig:
             raise ValueError(f"mode must be 'lora' or 'full', not {self.mode!r}")
         if self.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
             raise ValueError(f"unknown precision {self.precision!r}")
+        if self.train_text_encoder and self.mode != "lora":
+            raise ValueError("train_text_encoder is only supported with mode='lora'")
         if self.steps < 1 or self.batch_size < 1 or self.lora_rank < 1:
             raise ValueError("steps, batch_size and lora_rank must be positive")
 
@@ -100,10 +104,19 @@ class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
         instance_context: np.ndarray,
         class_context: np.ndarray | None,
         latent_scale: float,
+        text_encoder: keras.Model | None = None,
+        instance_tokens: np.ndarray | None = None,
+        class_tokens: np.ndarray | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.diffusion_model = diffusion_model
+        # Only set when the text encoder trains too (LoRA); contexts are then computed per step.
+        self.text_encoder = text_encoder
+        self._tokens = {
+            "instance": None if instance_tokens is None else tf.constant(instance_tokens[None]),
+            "class": None if class_tokens is None else tf.constant(class_tokens[None]),
+        }
         self.config = config
         self.latent_scale = float(latent_scale)
         self.has_prior = class_context is not None and config.prior_loss_weight > 0
@@ -118,7 +131,8 @@ class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
     def trained_variables(self) -> list[keras.Variable]:
         """What the optimizer updates: LoRA factors, or every trainable UNet weight."""
         if self.config.mode == "lora":
-            return lora_variables(self.diffusion_model)
+            text = lora_variables(self.text_encoder) if self.text_encoder is not None else []
+            return [*lora_variables(self.diffusion_model), *text]
         return [v for v in self.diffusion_model.trainable_variables if "lora" not in v.path]
 
     def compile_for_training(self) -> None:
@@ -127,15 +141,23 @@ class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
         optimizer.build(self.trained_variables)
         self.compile(optimizer=optimizer, jit_compile=self.config.jit_compile)
 
+    def _context(self, which: str, batch: tf.Tensor) -> tf.Tensor:
+        """Prompt context [batch, L, C]: cached, or from the training text encoder."""
+        tokens = self._tokens[which]
+        if self.text_encoder is None or tokens is None:
+            cached = self._instance_context if which == "instance" else self._class_context
+            return tf.repeat(cached, batch, axis=0)
+        positions = tf.range(tf.shape(tokens)[1], dtype=tf.int32)[None]
+        out = self.text_encoder([tokens, positions], training=True)
+        return tf.repeat(tf.cast(out, tf.float32), batch, axis=0)
+
     def _noisy_inputs(self, data: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
         step = tf.cast(data["step"], tf.int64)
         seed = tf.constant(self.config.seed, tf.int64)
         posts = data["instance"]
         batch = tf.shape(posts)[0]
-        context = tf.repeat(self._instance_context, batch, axis=0)
-        if self.has_prior and self._class_context is not None:
+        if self.has_prior:
             posts = tf.concat([posts, data["class"]], axis=0)
-            context = tf.concat([context, tf.repeat(self._class_context, batch, axis=0)], 0)
         shape = tf.concat([tf.shape(posts)[:-1], [tf.shape(posts)[-1] // 2]], axis=0)
         total = tf.shape(posts)[0]
 
@@ -151,12 +173,15 @@ class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
         )
         alpha = tf.reshape(tf.gather(self._alphas, timesteps), (-1, 1, 1, 1))
         noisy = tf.sqrt(alpha) * latents + tf.sqrt(1.0 - alpha) * noise
-        return noisy, timestep_embedding(timesteps), context, noise, batch
+        return noisy, timestep_embedding(timesteps), noise, batch
 
     def train_step(self, data: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        noisy, t_emb, context, noise, batch = self._noisy_inputs(data)
+        noisy, t_emb, noise, batch = self._noisy_inputs(data)
         variables = self.trained_variables
         with tf.GradientTape() as tape:
+            context = self._context("instance", batch)
+            if self.has_prior:
+                context = tf.concat([context, self._context("class", batch)], axis=0)
             pred = self.diffusion_model([noisy, t_emb, context], training=True)
             err = tf.square(tf.cast(pred, tf.float32) - noise)
             instance_loss = tf.reduce_mean(err[:batch])
@@ -204,6 +229,13 @@ def copy_diffusion_model(preset: Preset, dtype_policy: str | None = None) -> ker
     return unet
 
 
+def copy_text_encoder(preset: Preset) -> keras.Model:
+    """A fresh text encoder with the preset's weights, for LoRA on the text side."""
+    encoder = build_text_encoder(preset.spec)
+    encoder.set_weights(preset.text_encoder.get_weights())
+    return encoder
+
+
 def make_trainer(
     preset: Preset,
     data: EncodedData,
@@ -215,6 +247,10 @@ def make_trainer(
     unet = diffusion_model or copy_diffusion_model(preset, config.dtype_policy)
     if config.mode == "lora" and not lora_variables(unet):
         enable_lora(unet, config.lora_rank, alpha=config.lora_alpha, seed=config.seed)
+    text_encoder = None
+    if config.train_text_encoder:
+        text_encoder = copy_text_encoder(preset)
+        enable_lora(text_encoder, config.lora_rank, alpha=config.lora_alpha, seed=config.seed + 1)
     trainer = DreamBoothTrainer(
         unet,
         preset.alphas_cumprod,
@@ -222,6 +258,9 @@ def make_trainer(
         instance_context=data.instance_context,
         class_context=data.class_context,
         latent_scale=preset.latent_scale,
+        text_encoder=text_encoder,
+        instance_tokens=data.instance_tokens,
+        class_tokens=data.class_tokens,
     )
     trainer.compile_for_training()
     return trainer

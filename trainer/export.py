@@ -3,8 +3,9 @@
 A model folder holds ``model.json`` and one weights file: ``lora.npz`` (the LoRA factors only,
 float16 — about 1.6 MB for sd-v1 at rank 4) or ``unet.npz`` (every UNet weight in the model's
 fixed variable order, float32: full fine-tuning at 2e-6 moves weights by less than float16 can
-represent, so rounding would undo it). ``model.json`` names the base preset and base weights, so loading
-onto the wrong base fails loudly instead of producing garbage.
+represent, so rounding would undo it). LoRA on the text encoder, when trained, rides in
+``lora.npz`` under a ``text.`` prefix. ``model.json`` names the base preset and base weights, so
+loading onto the wrong base fails loudly instead of producing garbage.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from storage.blobs import BlobStore, keys
-from trainer.dreambooth import DreamBoothTrainer, copy_diffusion_model
+from trainer.dreambooth import DreamBoothTrainer, copy_diffusion_model, copy_text_encoder
 from trainer.errors import ModelFormatError
 from trainer.lora import apply_lora, extract_lora
 from trainer.presets import Preset, build_preset
@@ -39,6 +40,7 @@ FORMAT = "dreambot-model"
 VERSION = 1
 METADATA_FILE = "model.json"
 WEIGHT_FILES = {"lora": "lora.npz", "full": "unet.npz"}
+TEXT_PREFIX = "text."
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class ModelMetadata:
     base_weights_id: str
     weights_file: str
     sha256: str
+    text_encoder_lora: bool = False
     format: str = FORMAT
     version: int = VERSION
 
@@ -82,8 +85,11 @@ def export_model(
     """Write the trained weights and ``model.json`` into ``out_dir`` (created if needed)."""
     config = trainer.config
     unet = trainer.diffusion_model
+    text = trainer.text_encoder
     if config.mode == "lora":
         arrays = extract_lora(unet, dtype="float16")
+        if text is not None:
+            arrays.update({TEXT_PREFIX + k: v for k, v in extract_lora(text, "float16").items()})
     else:
         arrays = {f"w{i:05d}": np.asarray(w, np.float32) for i, w in enumerate(unet.get_weights())}
     data = _npz_bytes(arrays)
@@ -101,6 +107,7 @@ def export_model(
         base_weights_id=preset.weights_id,
         weights_file=WEIGHT_FILES[config.mode],
         sha256=hashlib.sha256(data).hexdigest(),
+        text_encoder_lora=text is not None,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,15 +183,24 @@ def load_model(
             f"the base given is {base.name} ({base.weights_id}, {base.resolution}px)"
         )
     unet = copy_diffusion_model(base)
+    text_encoder = base.text_encoder
     try:
         if meta.mode == "lora":
-            apply_lora(unet, weights)
+            text = {
+                k[len(TEXT_PREFIX) :]: v for k, v in weights.items() if k.startswith(TEXT_PREFIX)
+            }
+            apply_lora(unet, {k: v for k, v in weights.items() if not k.startswith(TEXT_PREFIX)})
+            if text:
+                text_encoder = copy_text_encoder(base)
+                apply_lora(text_encoder, text)
         else:
             ordered = [weights[f"w{i:05d}"] for i in range(len(weights))]
             unet.set_weights([w.astype(np.float32) for w in ordered])
     except (ValueError, KeyError) as exc:
         raise ModelFormatError(f"weights in {model_dir} do not fit the base model: {exc}") from exc
-    return dataclasses.replace(base, diffusion_model=unet, _posterior=None)
+    return dataclasses.replace(
+        base, diffusion_model=unet, text_encoder=text_encoder, _posterior=None
+    )
 
 
 def upload_model(model_dir: Path | str, store: BlobStore, model_id: str) -> list[str]:

@@ -61,6 +61,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--batch-size", type=_positive, default=1)
     p.add_argument("--learning-rate", type=float, help="default 1e-4 (lora) / 2e-6 (full)")
     p.add_argument("--rank", type=_positive, default=4, help="LoRA rank")
+    p.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
     p.add_argument(
         "--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32"
     )
@@ -134,6 +135,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             lora_rank=args.rank,
+            train_text_encoder=args.train_text_encoder,
             precision=args.precision,
             seed=args.seed,
             checkpoint_every=args.checkpoint_every,

@@ -68,3 +68,55 @@ def test_steps_are_deterministic(lora_run: Any, tiny_data: Any) -> None:
     again = tr._noisy_inputs(batch)
     for a, b in zip(first[:4], again[:4], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_text_encoder_lora_trains_and_round_trips(
+    tiny_preset: Any, tiny_data: Any, tmp_path: Any
+) -> None:
+    """LoRA on the text encoder too: its factors change, its base and the shared preset do not."""
+    import tensorflow as tf
+
+    from trainer.dreambooth import make_trainer
+    from trainer.export import export_model, load_model
+    from trainer.lora import lora_variables
+
+    config = TrainConfig(
+        mode="lora", steps=2, batch_size=1, learning_rate=1e-2, train_text_encoder=True
+    )
+    with pytest.raises(ValueError, match="only supported"):
+        TrainConfig(mode="full", train_text_encoder=True)
+    tr = make_trainer(tiny_preset, tiny_data, config)
+    text = tr.text_encoder
+    assert text is not None and text is not tiny_preset.text_encoder
+    before = {v.path: v.numpy().copy() for v in text.weights}
+    trained = {id(v) for v in tr.trained_variables}
+    assert {id(v) for v in lora_variables(text)} <= trained
+    tr.train(tiny_data)
+    for var in text.weights:
+        moved = not np.array_equal(before[var.path], var.numpy())
+        assert moved == ("lora" in var.path), var.path
+    for shared, mine in zip(
+        tiny_preset.text_encoder.get_weights(),
+        [before[v.path] for v in text.weights if "lora" not in v.path],
+        strict=True,
+    ):
+        np.testing.assert_array_equal(shared, mine)
+
+    meta = export_model(
+        tr,
+        tiny_preset,
+        tmp_path,
+        identifier="sks",
+        class_name="dog",
+        instance_prompt="a photo of sks dog",
+        steps=2,
+    )
+    assert meta.text_encoder_lora
+    loaded = load_model(tmp_path, base=tiny_preset)
+    tokens = tf.constant(tiny_preset.tokenize(["a photo of sks dog"]))
+    positions = tf.range(77)[None]
+    want = np.asarray(text([tokens, positions]))
+    base = np.asarray(tiny_preset.text_encoder([tokens, positions]))
+    got = np.asarray(loaded.text_encoder([tokens, positions]))
+    assert np.abs(want - base).max() > 1e-2
+    np.testing.assert_allclose(got, want, atol=2e-3)

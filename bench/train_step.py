@@ -1,0 +1,218 @@
+"""Training-step benchmark: our DreamBooth step against a seed-style step, same preset and batch.
+
+The seed-style step is the tutorial's algorithm written for comparison: it encodes the images
+with the VAE every step, embeds each sample's timestep through ``tf.map_fn`` and caches nothing.
+Ours reads cached VAE posteriors and embeds timesteps in one vectorised op. Both run through
+``keras.Model.fit`` on the tiny preset, in this one process, after a warm-up that absorbs tracing.
+
+    python bench/train_step.py [--steps 30] [--batch 2] [--jit]
+    python bench/train_step.py --real     # real-size sd-v1 UNet, 128 px, LoRA, random weights
+
+Prints steps/s and peak RSS (of the whole process so far) for each, and last
+``speedup: <float>x``: our default mode (LoRA) against the seed-style step in the same mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer.data import EncodedData, encode_training_data, make_dataset
+from trainer.dreambooth import TrainConfig, copy_diffusion_model, make_trainer
+from trainer.lora import enable_lora, lora_variables
+from trainer.presets import PRESETS, Preset, build_diffusion_model, build_preset
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _seed_timestep_embedding(t: tf.Tensor, dim: int = 320) -> tf.Tensor:
+    half = dim // 2
+    freqs = tf.exp(-np.log(10000.0) * tf.range(0, half, dtype=tf.float32) / half)
+    args = tf.convert_to_tensor([t], dtype=tf.float32) * freqs
+    return tf.reshape(tf.concat([tf.cos(args), tf.sin(args)], 0), [1, -1])
+
+
+class SeedStyleTrainer(keras.Model):  # type: ignore[misc]
+    """The tutorial's step: VAE encode, map_fn timestep embedding, clip, AdamW.
+
+    Trains every UNet weight (the tutorial's mode) or, with ``lora``, only LoRA factors, so each of
+    our modes has a same-mode baseline.
+    """
+
+    def __init__(self, preset: Preset, unet: keras.Model, lora: bool = False) -> None:
+        super().__init__()
+        self.unet = unet
+        if lora:
+            enable_lora(unet, 4)
+        self.lora = lora
+        self.prior_loss_weight = 1.0
+        self.vae = keras.Model(preset.image_encoder.inputs, preset.image_encoder.layers[-2].output)
+        self.alphas = tf.constant(preset.alphas_cumprod)
+        self.scale = preset.latent_scale
+        self.built = True
+
+    @property
+    def variables_to_train(self) -> list[keras.Variable]:
+        if self.lora:
+            return lora_variables(self.unet)
+        return list(self.unet.trainable_variables)
+
+    def train_step(self, data: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
+        images, context = data
+        batch = tf.shape(images)[0]
+        posterior = self.vae(images, training=False)
+        mean, logvar = tf.split(posterior, 2, axis=-1)
+        latents = (mean + tf.exp(0.5 * logvar) * tf.random.normal(tf.shape(mean))) * self.scale
+        noise = tf.random.normal(tf.shape(latents))
+        timesteps = tf.random.uniform([batch], 0, 1000, dtype=tf.int64)
+        alpha = tf.reshape(tf.gather(self.alphas, timesteps), (-1, 1, 1, 1))
+        noisy = tf.sqrt(alpha) * latents + tf.sqrt(1 - alpha) * noise
+        t_emb = tf.map_fn(
+            lambda t: _seed_timestep_embedding(t), timesteps, fn_output_signature=tf.float32
+        )
+        t_emb = tf.squeeze(t_emb, 1)
+        with tf.GradientTape() as tape:
+            pred = self.unet([noisy, t_emb, context], training=True)
+            pred, pred_prior = tf.split(pred, 2, axis=0)
+            target, target_prior = tf.split(noise, 2, axis=0)
+            loss = tf.reduce_mean((target - pred) ** 2)
+            loss += self.prior_loss_weight * tf.reduce_mean((target_prior - pred_prior) ** 2)
+        variables = self.variables_to_train
+        grads = tape.gradient(loss, variables)
+        grads, _ = tf.clip_by_global_norm(grads, 1.0)
+        self.optimizer.apply(grads, variables)
+        return {"loss": loss}
+
+
+def seed_dataset(preset: Preset, inst: np.ndarray, cls: np.ndarray, batch: int) -> tf.data.Dataset:
+    """Pixels every step: random flips, instance repeated to the class length, contexts."""
+    contexts = np.asarray(preset.encode_prompts(["a photo of sks dog", "a photo of dog"]))
+    n = len(cls)
+    inst_rep = inst[np.arange(n) % len(inst)].astype(np.float32) / 127.5 - 1
+    cls_f = cls.astype(np.float32) / 127.5 - 1
+    flip = keras.layers.RandomFlip("horizontal")
+
+    def pair(i: tf.Tensor, c: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return flip(i), flip(c)
+
+    ds = tf.data.Dataset.from_tensor_slices((inst_rep, cls_f)).repeat().batch(batch)
+    ds = ds.map(pair)
+
+    def join(i: tf.Tensor, c: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        ctx = tf.concat(
+            [tf.repeat(contexts[:1], batch, 0), tf.repeat(contexts[1:], batch, 0)], axis=0
+        )
+        return tf.concat([i, c], axis=0), ctx
+
+    return ds.map(join).prefetch(2)
+
+
+def time_fit(model: keras.Model, dataset: Any, steps: int) -> float:
+    model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)  # trace and warm up
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    return steps / (time.perf_counter() - start)
+
+
+def synthetic(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+
+
+def bench_tiny(steps: int, batch: int, jit: bool) -> None:
+    preset = build_preset("tiny", seed=0)
+    inst, cls = synthetic(4, 1), synthetic(8, 2)
+    print(f"tiny preset, batch {batch} instance + {batch} class, {steps} timed steps, jit={jit}")
+
+    data = encode_training_data(preset, inst, "a photo of sks dog", cls, "a photo of dog")
+    seed_sps: dict[str, float] = {}
+    ours_sps: dict[str, float] = {}
+    for mode in ("full", "lora"):
+        seed = SeedStyleTrainer(preset, copy_diffusion_model(preset), lora=mode == "lora")
+        opt = TrainConfig(mode=mode).make_optimizer()
+        opt.build(seed.variables_to_train)
+        seed.compile(optimizer=opt)
+        seed_sps[mode] = time_fit(seed, seed_dataset(preset, inst, cls, batch), steps)
+        print(
+            f"seed-style step ({mode}): {seed_sps[mode]:6.2f} steps/s   "
+            f"peak RSS {peak_rss_mb():7.0f} MB"
+        )
+        config = TrainConfig(mode=mode, steps=steps, batch_size=batch, jit_compile=jit)
+        ours = make_trainer(preset, data, config)
+        ours_sps[mode] = time_fit(ours, make_dataset(data, batch), steps)
+        print(
+            f"our step ({mode}):        {ours_sps[mode]:6.2f} steps/s   "
+            f"peak RSS {peak_rss_mb():7.0f} MB   ({ours_sps[mode] / seed_sps[mode]:.2f}x same mode)"
+        )
+    print(
+        f"our default (lora) vs the seed's own algorithm (full): "
+        f"{ours_sps['lora'] / seed_sps['full']:.2f}x"
+    )
+    print("speedup below = our default mode (LoRA) against the seed-style step in the same mode")
+    print(f"speedup: {ours_sps['lora'] / seed_sps['lora']:.2f}x")
+
+
+def bench_real(steps: int) -> None:
+    spec = PRESETS["sd-v1"]
+    spec = type(spec)(**{**spec.__dict__, "resolution": 128})
+    start = time.perf_counter()
+    unet = build_diffusion_model(spec)
+    print(
+        f"sd-v1 UNet at 128 px built in {time.perf_counter() - start:.0f} s, "
+        f"{unet.count_params() / 1e6:.0f} M params, peak RSS {peak_rss_mb():.0f} MB"
+    )
+    rng = np.random.default_rng(0)
+    s = spec.latent_size
+    data = EncodedData(
+        instance_posteriors=rng.normal(size=(4, 2, s, s, 8)).astype(np.float32),
+        class_posteriors=rng.normal(size=(4, 2, s, s, 8)).astype(np.float32),
+        instance_context=rng.normal(size=(77, 768)).astype(np.float32),
+        class_context=rng.normal(size=(77, 768)).astype(np.float32),
+    )
+
+    class _Shim:
+        alphas_cumprod = np.linspace(0.999, 0.005, 1000, dtype=np.float32)
+        latent_scale = spec.latent_scale
+
+    config = TrainConfig(mode="lora", steps=steps, batch_size=1)
+    trainer = make_trainer(_Shim(), data, config, diffusion_model=unet)  # type: ignore[arg-type]
+    from trainer.lora import extract_lora
+
+    sps = time_fit(trainer, make_dataset(data, 1), steps)
+    n_lora = sum(int(np.prod(v.shape)) for v in trainer.trained_variables)
+    size = sum(a.nbytes for a in extract_lora(unet).values())
+    print(f"real sd-v1 LoRA r4 at 128 px: {1 / sps:.2f} s/step, peak RSS {peak_rss_mb():.0f} MB")
+    print(f"LoRA parameters {n_lora:,}; float16 export {size / 1e6:.2f} MB")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--jit", action="store_true", help="XLA-compile our step")
+    parser.add_argument("--real", action="store_true")
+    args = parser.parse_args()
+    if args.real:
+        bench_real(max(2, min(args.steps, 5)))
+    else:
+        bench_tiny(args.steps, args.batch, args.jit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Model presets: the only package that imports KerasCV.
+
+``sd-v1`` is KerasCV's Stable Diffusion v1 (real classes, real weight files from WEIGHTS_DIR or
+KerasCV's download). ``tiny`` wires the same KerasCV building blocks at small widths with random
+init from a seed and a small BPE vocabulary built from our word list, so everything runs offline
+on a CPU in tests. Both expose the same :class:`Preset` surface, so the trainer, exporter and
+sampler never ask which preset they hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras_cv.src.models.stable_diffusion.clip_tokenizer import SimpleTokenizer
+
+from storage.errors import ConfigError
+from trainer.presets.base import (
+    LATENT_SCALE,
+    PRESETS,
+    TIMESTEP_DIM,
+    Preset,
+    PresetSpec,
+    noise_scheduler,
+    timestep_embedding,
+)
+from trainer.presets.models import (
+    build_autoencoder,
+    build_diffusion_model,
+    build_text_encoder,
+    tiny_decoder,
+    tiny_image_encoder,
+    tiny_text_encoder,
+)
+from trainer.presets.sd_v1 import SD_V1_FILES, build_sd_v1
+from trainer.presets.tokenizer import tiny_bpe_path, write_bpe_vocab
+
+__all__ = [
+    "LATENT_SCALE",
+    "PRESETS",
+    "SD_V1_FILES",
+    "TIMESTEP_DIM",
+    "Preset",
+    "PresetSpec",
+    "build_autoencoder",
+    "build_diffusion_model",
+    "build_preset",
+    "build_text_encoder",
+    "kerascv_pipeline",
+    "timestep_embedding",
+    "write_bpe_vocab",
+]
+
+
+def _build_tiny(
+    spec: PresetSpec, *, bpe_path: Path | None, seed: int, dtype_policy: str | None
+) -> Preset:
+    keras.utils.set_random_seed(seed)
+    tokenizer = SimpleTokenizer(str(bpe_path or tiny_bpe_path()))
+    text_encoder = tiny_text_encoder(spec)
+    unet = build_diffusion_model(spec, dtype_policy=dtype_policy)
+    image_encoder = tiny_image_encoder(spec)
+    decoder = tiny_decoder(spec)
+    return Preset(
+        spec=spec,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        diffusion_model=unet,
+        image_encoder=image_encoder,
+        decoder=decoder,
+        noise_scheduler=noise_scheduler(),
+        weights_id=f"tiny-seed{seed}-r{spec.resolution}",
+    )
+
+
+def build_preset(
+    name: str,
+    *,
+    resolution: int | None = None,
+    weights_dir: Path | str | None = None,
+    bpe_path: Path | str | None = None,
+    seed: int = 0,
+    download: bool = False,
+    random_weights: bool = False,
+    dtype_policy: str | None = None,
+) -> Preset:
+    """Build a preset's models.
+
+    ``tiny`` is randomly initialised from ``seed``. ``sd-v1`` loads KerasCV's files from
+    ``weights_dir``, downloads them when ``download`` is set, or (``random_weights``, benches only)
+    keeps random init. ``dtype_policy`` (e.g. ``mixed_float16``) applies to the UNet, the only
+    model that trains.
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    spec = PRESETS[name]
+    if resolution is not None:
+        multiple = 64 if name == "sd-v1" else 8 * 2 ** (len(spec.unet_widths) - 1)
+        if resolution <= 0 or resolution % multiple:
+            raise ConfigError(
+                f"Resolution {resolution} does not fit the {name} preset "
+                f"(use a positive multiple of {multiple})."
+            )
+        spec = replace(spec, resolution=resolution)
+    wdir = Path(weights_dir) if weights_dir is not None else None
+    bpe = Path(bpe_path) if bpe_path is not None else None
+    if name == "tiny":
+        return _build_tiny(spec, bpe_path=bpe, seed=seed, dtype_policy=dtype_policy)
+    return build_sd_v1(
+        spec,
+        weights_dir=wdir,
+        bpe_path=bpe,
+        download=download,
+        random_weights=random_weights,
+        dtype_policy=dtype_policy,
+    )
+
+
+def kerascv_pipeline(preset: Preset) -> Any:
+    """KerasCV's own ``StableDiffusion`` running this preset's models (a baseline for benches)."""
+    from keras_cv.src.models.stable_diffusion.stable_diffusion import StableDiffusion
+
+    sd = StableDiffusion(img_height=128, img_width=128, jit_compile=False)
+    sd.img_height = sd.img_width = preset.resolution
+    sd._tokenizer = preset.tokenizer
+    sd._text_encoder = preset.text_encoder
+    sd._diffusion_model = preset.diffusion_model
+    sd._decoder = preset.decoder
+    sd._image_encoder = preset.image_encoder
+    return sd
