@@ -75,11 +75,12 @@ def _distance(images: np.ndarray, photos: np.ndarray, max_shift: int = 16) -> fl
     return float(np.mean(best))
 
 
-def _generate(preset: Any, prompt: str) -> np.ndarray:
+def _generate(preset: Any, *prompts: str) -> list[np.ndarray]:
+    """Images for each prompt from one sampler (a sampler traces its graph once)."""
     from trainer.sampler import Sampler
 
     sampler = Sampler.from_components(preset)
-    return sampler.generate(prompt, seeds=SEEDS, steps=20, guidance=7.5)
+    return [sampler.generate(p, seeds=SEEDS, steps=20, guidance=7.5) for p in prompts]
 
 
 def test_dreambooth_learns_the_subject(tiny_preset: Any) -> None:
@@ -92,15 +93,14 @@ def test_dreambooth_learns_the_subject(tiny_preset: Any) -> None:
     recon = np.asarray(base.decoder(base.image_encoder(photos / 127.5 - 1.0)))
     recon_u8 = np.clip((recon + 1.0) * 127.5, 0, 255).astype(np.uint8)
 
-    before = _generate(base, INSTANCE_PROMPT)
+    (before,) = _generate(base, INSTANCE_PROMPT)
     data = encode_training_data(base, photos, INSTANCE_PROMPT, classes, CLASS_PROMPT)
     config = TrainConfig(mode="full", steps=TRAIN_STEPS, batch_size=2, learning_rate=1e-3, seed=0)
     trainer = make_trainer(base, data, config)
     losses: list[float] = []
     trainer.train(data, callbacks=[StepCallback(lambda s, logs: losses.append(logs["loss"]), 0)])
     trained = dataclasses.replace(base, diffusion_model=trainer.diffusion_model)
-    after = _generate(trained, INSTANCE_PROMPT)
-    after_class = _generate(trained, CLASS_PROMPT)
+    after, after_class = _generate(trained, INSTANCE_PROMPT, CLASS_PROMPT)
 
     numbers = {
         "vae_reconstruction": _distance(recon_u8, photos),
