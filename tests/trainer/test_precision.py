@@ -1,0 +1,32 @@
+"""Mixed precision: the UNet computes in half precision and LoRA still trains with a finite loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from trainer.dreambooth import TrainConfig, make_trainer
+
+
+@pytest.mark.parametrize(
+    ("precision", "compute"), [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")]
+)
+def test_mixed_precision_lora_trains_with_finite_loss(
+    tiny_preset: Any, tiny_data: Any, precision: str, compute: str
+) -> None:
+    config = TrainConfig(mode="lora", steps=4, batch_size=1, precision=precision, seed=5)  # type: ignore[arg-type]
+    trainer = make_trainer(tiny_preset, tiny_data, config)
+    dtypes = {layer.compute_dtype for layer in trainer.diffusion_model.layers if layer.weights}
+    assert compute in dtypes
+    scaled = isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (precision == "mixed_float16")
+    before = [np.array(v.numpy()) for v in trainer.trained_variables]
+    history = trainer.train(tiny_data)
+    assert history["loss"] and np.all(np.isfinite(history["loss"]))
+    after = [np.array(v.numpy()) for v in trainer.trained_variables]
+    assert all(v.dtype == np.float32 for v in after)  # master weights stay float32
+    changed = sum(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert changed == len(before)
