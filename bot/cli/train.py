@@ -65,6 +65,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32"
     )
+    p.add_argument(
+        "--no-xla",
+        dest="xla",
+        action="store_false",
+        help="do not XLA-compile the training step (faster start, slower steps)",
+    )
     p.add_argument("--checkpoint-every", type=_positive, default=100)
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.set_defaults(func=_cmd_train)
@@ -137,6 +143,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             lora_rank=args.rank,
             train_text_encoder=args.train_text_encoder,
             precision=args.precision,
+            jit_compile=args.xla,
             seed=args.seed,
             checkpoint_every=args.checkpoint_every,
         )
