@@ -6,6 +6,8 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import h5py
+import keras
 from keras_cv.src.models.stable_diffusion.clip_tokenizer import SimpleTokenizer
 from keras_cv.src.models.stable_diffusion.decoder import Decoder
 from keras_cv.src.models.stable_diffusion.image_encoder import ImageEncoder
@@ -48,7 +50,24 @@ def _weight_file(weights_dir: Path, key: str) -> Path:
             f"Missing weight file {SD_V1_FILES[key]} in WEIGHTS_DIR={weights_dir}. Put KerasCV's "
             f"file of that name there (or allow downloading)."
         )
+    if not h5py.is_hdf5(path):
+        raise _not_kerascv(path, "it is not an HDF5 file (truncated download?)")
     return path
+
+
+def _not_kerascv(path: Path, why: str) -> WeightsNotFound:
+    return WeightsNotFound(
+        f"{path.name} in WEIGHTS_DIR={path.parent} is not KerasCV's Stable Diffusion v1 weight "
+        f"file: {why}. Download it again, or remove it and allow downloading."
+    )
+
+
+def _load(model: keras.Model, path: Path) -> None:
+    """Load one of KerasCV's (Keras 2 era, legacy HDF5) files; a wrong file says which."""
+    try:
+        model.load_weights(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise _not_kerascv(path, str(exc).splitlines()[0][:200]) from exc
 
 
 def build_sd_v1(
@@ -93,7 +112,7 @@ def build_sd_v1(
         "text_encoder": text_encoder,
     }
     for key, path in files.items():
-        models[key].load_weights(str(path))
+        _load(models[key], path)
     if files:
         weights_id = "sd-v1-" + _file_id(list(files.values()))
     else:
