@@ -191,29 +191,27 @@ def bench_tiny(steps: int, batch: int, modes: list[str], seed_xla: bool, rounds:
 
     data = encode_training_data(preset, inst, "a photo of sks dog", cls, "a photo of dog")
     runs: dict[str, tuple[keras.Model, Any]] = {}
+    kinds: dict[str, tuple[str, str]] = {}  # run name -> (seed | plain | ours, mode)
     for mode in modes:
         seed = SeedStyleTrainer(preset, copy_diffusion_model(preset), lora=mode == "lora")
         opt = TrainConfig(mode=mode).make_optimizer()
         opt.build(seed.variables_to_train)
         seed.compile(optimizer=opt, jit_compile=seed_xla)
         runs[f"seed-style step ({mode})"] = (seed, seed_dataset(preset, inst, cls, batch))
+        kinds[f"seed-style step ({mode})"] = ("seed", mode)
         for jit in (False, True):
             config = TrainConfig(mode=mode, steps=steps, batch_size=batch, jit_compile=jit)
             name = f"our step{'' if jit else ', no XLA'} ({mode})"
             runs[name] = (make_trainer(preset, data, config), make_dataset(data, batch))
+            kinds[name] = ("ours" if jit else "plain", mode)
     print(f"models built, peak RSS {peak_rss_mb():.0f} MB; timing {rounds} interleaved rounds")
     timed = time_rounds(runs, steps, rounds)
-    seed_sps: dict[str, float] = {}
-    ours: dict[str, float] = {}
+    sps_of = {kinds[name]: sps for name, (sps, _) in timed.items()}
+    seed_sps = {mode: sps for (kind, mode), sps in sps_of.items() if kind == "seed"}
+    ours = {mode: sps for (kind, mode), sps in sps_of.items() if kind == "ours"}
     for name, (sps, cpu) in timed.items():
-        mode = name.split("(")[1].rstrip(")")
-        if name.startswith("seed"):
-            seed_sps[mode] = sps
-            ratio = ""
-        else:
-            ratio = f"   ({sps / seed_sps[mode]:.2f}x the seed-style step)"
-            if "no XLA" not in name:
-                ours[mode] = sps
+        kind, mode = kinds[name]
+        ratio = "" if kind == "seed" else f"   ({sps / seed_sps[mode]:.2f}x the seed-style step)"
         print(f"{name:26s} {sps:6.2f} steps/s   {cpu * 1000:6.0f} CPU ms/step{ratio}")
     print(f"peak RSS of the whole run: {peak_rss_mb():.0f} MB")
     if "lora" in ours and "full" in seed_sps:
