@@ -10,11 +10,11 @@ and compiling, in interleaved rounds (best round counts), so a shared machine's 
 all alike. A round's rate is its steady state: from the end of its first step to the end of its
 last, because a real run pays a ``fit`` call's setup once, not once per few steps.
 
-    python bench/train_step.py [--steps 60] [--batch 2] [--modes lora,full] [--seed-xla]
+    python bench/train_step.py [--steps 60] [--batch 2] [--methods lora,full] [--seed-xla]
     python bench/train_step.py --real     # real-size sd-v1 UNet, 128 px, LoRA, random weights
 
 Prints steps/s and peak RSS (of the whole process so far) for each, and last
-``speedup: <float>x``: our default step (LoRA, XLA) against the seed-style step in LoRA mode.
+``speedup: <float>x``: our default step (LoRA, XLA) against the seed-style step with the LoRA method.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def _seed_timestep_embedding(t: tf.Tensor, dim: int = 320) -> tf.Tensor:
 class SeedStyleTrainer(keras.Model):  # type: ignore[misc]
     """The tutorial's step: VAE encode, map_fn timestep embedding, clip, AdamW.
 
-    Trains every UNet weight (the tutorial's mode) or, with ``lora``, only LoRA factors, so each of
-    our modes has a same-mode baseline.
+    Trains every UNet weight (the tutorial's method) or, with ``lora``, only LoRA factors, so each of
+    our methods has a same-method baseline.
     """
 
     def __init__(self, preset: Preset, unet: keras.Model, lora: bool = False) -> None:
@@ -182,7 +182,7 @@ def synthetic(n: int, seed: int) -> np.ndarray:
     return rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
 
 
-def bench_tiny(steps: int, batch: int, modes: list[str], seed_xla: bool, rounds: int) -> None:
+def bench_tiny(steps: int, batch: int, methods: list[str], seed_xla: bool, rounds: int) -> None:
     preset = build_preset("tiny", seed=0)
     inst, cls = synthetic(4, 1), synthetic(8, 2)
     seed_how = "XLA" if seed_xla else "as written, no XLA"
@@ -191,27 +191,27 @@ def bench_tiny(steps: int, batch: int, modes: list[str], seed_xla: bool, rounds:
 
     data = encode_training_data(preset, inst, "a photo of sks dog", cls, "a photo of dog")
     runs: dict[str, tuple[keras.Model, Any]] = {}
-    kinds: dict[str, tuple[str, str]] = {}  # run name -> (seed | plain | ours, mode)
-    for mode in modes:
-        seed = SeedStyleTrainer(preset, copy_diffusion_model(preset), lora=mode == "lora")
-        opt = TrainConfig(mode=mode).make_optimizer()
+    kinds: dict[str, tuple[str, str]] = {}  # run name -> (seed | plain | ours, method)
+    for method in methods:
+        seed = SeedStyleTrainer(preset, copy_diffusion_model(preset), lora=method == "lora")
+        opt = TrainConfig(method=method).make_optimizer()
         opt.build(seed.variables_to_train)
         seed.compile(optimizer=opt, jit_compile=seed_xla)
-        runs[f"seed-style step ({mode})"] = (seed, seed_dataset(preset, inst, cls, batch))
-        kinds[f"seed-style step ({mode})"] = ("seed", mode)
+        runs[f"seed-style step ({method})"] = (seed, seed_dataset(preset, inst, cls, batch))
+        kinds[f"seed-style step ({method})"] = ("seed", method)
         for jit in (False, True):
-            config = TrainConfig(mode=mode, steps=steps, batch_size=batch, jit_compile=jit)
-            name = f"our step{'' if jit else ', no XLA'} ({mode})"
+            config = TrainConfig(method=method, steps=steps, batch_size=batch, jit_compile=jit)
+            name = f"our step{'' if jit else ', no XLA'} ({method})"
             runs[name] = (make_trainer(preset, data, config), make_dataset(data, batch))
-            kinds[name] = ("ours" if jit else "plain", mode)
+            kinds[name] = ("ours" if jit else "plain", method)
     print(f"models built, peak RSS {peak_rss_mb():.0f} MB; timing {rounds} interleaved rounds")
     timed = time_rounds(runs, steps, rounds)
     sps_of = {kinds[name]: sps for name, (sps, _) in timed.items()}
-    seed_sps = {mode: sps for (kind, mode), sps in sps_of.items() if kind == "seed"}
-    ours = {mode: sps for (kind, mode), sps in sps_of.items() if kind == "ours"}
+    seed_sps = {method: sps for (kind, method), sps in sps_of.items() if kind == "seed"}
+    ours = {method: sps for (kind, method), sps in sps_of.items() if kind == "ours"}
     for name, (sps, cpu) in timed.items():
-        kind, mode = kinds[name]
-        ratio = "" if kind == "seed" else f"   ({sps / seed_sps[mode]:.2f}x the seed-style step)"
+        kind, method = kinds[name]
+        ratio = "" if kind == "seed" else f"   ({sps / seed_sps[method]:.2f}x the seed-style step)"
         print(f"{name:26s} {sps:6.2f} steps/s   {cpu * 1000:6.0f} CPU ms/step{ratio}")
     print(f"peak RSS of the whole run: {peak_rss_mb():.0f} MB")
     if "lora" in ours and "full" in seed_sps:
@@ -219,9 +219,9 @@ def bench_tiny(steps: int, batch: int, modes: list[str], seed_xla: bool, rounds:
             f"our default (lora) vs the seed's own algorithm (full): "
             f"{ours['lora'] / seed_sps['full']:.2f}x"
         )
-    mode = "lora" if "lora" in ours else modes[0]
-    print(f"speedup below = our default step ({mode}) against the seed-style step in that mode")
-    print(f"speedup: {ours[mode] / seed_sps[mode]:.2f}x")
+    method = "lora" if "lora" in ours else methods[0]
+    print(f"speedup below = our default step ({method}) against the seed-style step in that method")
+    print(f"speedup: {ours[method] / seed_sps[method]:.2f}x")
 
 
 def bench_real(steps: int) -> None:
@@ -246,7 +246,7 @@ def bench_real(steps: int) -> None:
         alphas_cumprod = np.linspace(0.999, 0.005, 1000, dtype=np.float32)
         latent_scale = spec.latent_scale
 
-    config = TrainConfig(mode="lora", steps=steps, batch_size=1)
+    config = TrainConfig(method="lora", steps=steps, batch_size=1)
     trainer = make_trainer(_Shim(), data, config, diffusion_model=unet)  # type: ignore[arg-type]
     from trainer.lora import extract_lora
 
@@ -261,7 +261,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--modes", default="lora,full", help="comma-separated: lora,full")
+    parser.add_argument("--methods", default="lora,full", help="comma-separated: lora,full")
     parser.add_argument(
         "--seed-xla", action="store_true", help="XLA-compile the seed-style step too"
     )
@@ -271,8 +271,8 @@ def main() -> int:
     if args.real:
         bench_real(max(2, min(args.steps, 5)))
     else:
-        modes = [m for m in args.modes.split(",") if m in ("lora", "full")] or ["lora"]
-        bench_tiny(args.steps, args.batch, modes, args.seed_xla, args.rounds)
+        methods = [m for m in args.methods.split(",") if m in ("lora", "full")] or ["lora"]
+        bench_tiny(args.steps, args.batch, methods, args.seed_xla, args.rounds)
     return 0
 
 

@@ -35,7 +35,7 @@ __all__ = [
 MANIFEST = "checkpoint.json"
 # Config fields a resumed run must share with the run that wrote the checkpoint.
 _RUN_FIELDS = (
-    "mode",
+    "method",
     "batch_size",
     "lora_rank",
     "lora_alpha",

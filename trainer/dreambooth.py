@@ -30,7 +30,7 @@ __all__ = [
     "make_trainer",
 ]
 
-Mode = Literal["lora", "full"]
+Method = Literal["lora", "full"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 
 # The reference DreamBooth's full fine-tuning rate; LoRA trains far fewer weights and needs more.
@@ -41,7 +41,7 @@ DEFAULT_LR: dict[str, float] = {"full": 2e-6, "lora": 1e-4}
 class TrainConfig:
     """One training run. Defaults follow the reference DreamBooth (AdamW, clip 1.0)."""
 
-    mode: Mode = "lora"
+    method: Method = "lora"
     steps: int = 800
     batch_size: int = 1
     learning_rate: float | None = None
@@ -63,18 +63,18 @@ class TrainConfig:
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
-        if self.mode not in ("lora", "full"):
-            raise ValueError(f"mode must be 'lora' or 'full', not {self.mode!r}")
+        if self.method not in ("lora", "full"):
+            raise ValueError(f"method must be 'lora' or 'full', not {self.method!r}")
         if self.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
             raise ValueError(f"unknown precision {self.precision!r}")
-        if self.train_text_encoder and self.mode != "lora":
-            raise ValueError("train_text_encoder is only supported with mode='lora'")
+        if self.train_text_encoder and self.method != "lora":
+            raise ValueError("train_text_encoder is only supported with method='lora'")
         if self.steps < 1 or self.batch_size < 1 or self.lora_rank < 1:
             raise ValueError("steps, batch_size and lora_rank must be positive")
 
     @property
     def lr(self) -> float:
-        return self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.mode]
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.method]
 
     @property
     def dtype_policy(self) -> str | None:
@@ -133,7 +133,7 @@ class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
     @property
     def trained_variables(self) -> list[keras.Variable]:
         """What the optimizer updates: LoRA factors, or every trainable UNet weight."""
-        if self.config.mode == "lora":
+        if self.config.method == "lora":
             text = lora_variables(self.text_encoder) if self.text_encoder is not None else []
             return [*lora_variables(self.diffusion_model), *text]
         return [v for v in self.diffusion_model.trainable_variables if "lora" not in v.path]
@@ -248,7 +248,7 @@ def make_trainer(
 ) -> DreamBoothTrainer:
     """A compiled trainer: copy (or take) the UNet, enable LoRA if asked, build the optimizer."""
     unet = diffusion_model or copy_diffusion_model(preset, config.dtype_policy)
-    if config.mode == "lora" and not lora_variables(unet):
+    if config.method == "lora" and not lora_variables(unet):
         enable_lora(unet, config.lora_rank, alpha=config.lora_alpha, seed=config.seed)
     text_encoder = None
     if config.train_text_encoder:

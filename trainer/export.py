@@ -48,7 +48,7 @@ class ModelMetadata:
     """What ``model.json`` says about a trained model."""
 
     preset: str
-    mode: str
+    method: str
     rank: int | None
     identifier: str
     class_name: str
@@ -86,7 +86,7 @@ def export_model(
     config = trainer.config
     unet = trainer.diffusion_model
     text = trainer.text_encoder
-    if config.mode == "lora":
+    if config.method == "lora":
         arrays = extract_lora(unet, dtype="float16")
         if text is not None:
             arrays.update({TEXT_PREFIX + k: v for k, v in extract_lora(text, "float16").items()})
@@ -95,8 +95,8 @@ def export_model(
     data = _npz_bytes(arrays)
     meta = ModelMetadata(
         preset=preset.name,
-        mode=config.mode,
-        rank=config.lora_rank if config.mode == "lora" else None,
+        method=config.method,
+        rank=config.lora_rank if config.method == "lora" else None,
         identifier=identifier,
         class_name=class_name,
         instance_prompt=instance_prompt,
@@ -105,7 +105,7 @@ def export_model(
         seed=config.seed,
         base_seed=base_seed,
         base_weights_id=preset.weights_id,
-        weights_file=WEIGHT_FILES[config.mode],
+        weights_file=WEIGHT_FILES[config.method],
         sha256=hashlib.sha256(data).hexdigest(),
         text_encoder_lora=text is not None,
     )
@@ -185,7 +185,7 @@ def load_model(
     unet = copy_diffusion_model(base)
     text_encoder = base.text_encoder
     try:
-        if meta.mode == "lora":
+        if meta.method == "lora":
             text = {
                 k[len(TEXT_PREFIX) :]: v for k, v in weights.items() if k.startswith(TEXT_PREFIX)
             }

@@ -127,7 +127,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from trainer.checkpoints import DirCheckpointStore
     from trainer.data import load_images
     from trainer.dreambooth import TrainConfig
-    from trainer.pipeline import Progress, TrainJob, class_prompt, run_training
+    from trainer.training import Progress, TrainJob, class_prompt, run_training
     from trainer.presets import PRESETS, build_preset
 
     if name not in PRESETS:

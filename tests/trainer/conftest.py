@@ -111,7 +111,7 @@ def lora_run(tiny_preset: Any, tiny_data: Any, tmp_path_factory: pytest.TempPath
 
     # A high rate so six steps move the outputs well past float16 export noise.
     config = TrainConfig(
-        mode="lora", steps=6, batch_size=1, learning_rate=1e-3, checkpoint_every=3, seed=0
+        method="lora", steps=6, batch_size=1, learning_rate=1e-3, checkpoint_every=3, seed=0
     )
     return _run(tiny_preset, tiny_data, config, tmp_path_factory.mktemp("lora-ckpt"))
 
@@ -122,7 +122,7 @@ def full_run(tiny_preset: Any, tiny_data: Any, tmp_path_factory: pytest.TempPath
     from trainer.dreambooth import TrainConfig
 
     config = TrainConfig(
-        mode="full", steps=2, batch_size=1, learning_rate=1e-4, checkpoint_every=100, seed=0
+        method="full", steps=2, batch_size=1, learning_rate=1e-4, checkpoint_every=100, seed=0
     )
     return _run(tiny_preset, tiny_data, config, tmp_path_factory.mktemp("full-ckpt"))
 

@@ -1,4 +1,4 @@
-"""The trainer: optimizer settings, and that each mode changes exactly the weights it should."""
+"""The trainer: optimizer settings, and that each method changes exactly the weights it should."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from trainer.dreambooth import TrainConfig
 def test_config_defaults_follow_reference_dreambooth() -> None:
     import keras
 
-    full = TrainConfig(mode="full")
-    assert full.lr == 2e-6 and TrainConfig(mode="lora").lr == 1e-4
+    full = TrainConfig(method="full")
+    assert full.lr == 2e-6 and TrainConfig(method="lora").lr == 1e-4
     opt = full.make_optimizer()
     assert isinstance(opt, keras.optimizers.AdamW)
     assert (opt.beta_1, opt.beta_2, opt.epsilon) == (0.9, 0.999, 1e-8)
@@ -26,7 +26,7 @@ def test_config_defaults_follow_reference_dreambooth() -> None:
         TrainConfig(precision="mixed_bfloat16").make_optimizer().__class__ is keras.optimizers.AdamW
     )
     with pytest.raises(ValueError):
-        TrainConfig(mode="half")  # type: ignore[arg-type]
+        TrainConfig(method="half")  # type: ignore[arg-type]
 
 
 def _changed(run: Any) -> dict[str, bool]:
@@ -81,10 +81,10 @@ def test_text_encoder_lora_trains_and_round_trips(
     from trainer.lora import lora_variables
 
     config = TrainConfig(
-        mode="lora", steps=2, batch_size=1, learning_rate=1e-2, train_text_encoder=True
+        method="lora", steps=2, batch_size=1, learning_rate=1e-2, train_text_encoder=True
     )
     with pytest.raises(ValueError, match="only supported"):
-        TrainConfig(mode="full", train_text_encoder=True)
+        TrainConfig(method="full", train_text_encoder=True)
     tr = make_trainer(tiny_preset, tiny_data, config)
     text = tr.text_encoder
     assert text is not None and text is not tiny_preset.text_encoder

@@ -31,7 +31,7 @@ def _probe(preset: Any) -> list[Any]:
 
 def test_lora_export_metadata_and_size(tiny_model_dir: Path, tiny_preset: Any) -> None:
     meta = read_metadata(tiny_model_dir)
-    assert (meta.preset, meta.mode, meta.rank, meta.identifier, meta.class_name) == (
+    assert (meta.preset, meta.method, meta.rank, meta.identifier, meta.class_name) == (
         "tiny",
         "lora",
         4,
@@ -74,7 +74,7 @@ def test_full_export_round_trips(full_run: Any, tiny_preset: Any, tmp_path: Path
         instance_prompt="a photo of sks dog",
         steps=2,
     )
-    assert meta.mode == "full" and meta.rank is None and meta.weights_file == "unet.npz"
+    assert meta.method == "full" and meta.rank is None and meta.weights_file == "unet.npz"
     inputs = _probe(tiny_preset)
     loaded = load_model(tmp_path, base=tiny_preset)
     want = np.asarray(full_run.trainer.diffusion_model(inputs))

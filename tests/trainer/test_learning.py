@@ -152,7 +152,7 @@ def test_full_dreambooth_learns_the_subject(toy_world: ToyWorld) -> None:
     """Full fine-tuning of the random base UNet."""
     from trainer.dreambooth import TrainConfig
 
-    config = TrainConfig(mode="full", steps=TRAIN_STEPS, batch_size=2, learning_rate=1e-3, seed=0)
+    config = TrainConfig(method="full", steps=TRAIN_STEPS, batch_size=2, learning_rate=1e-3, seed=0)
     _assert_learned(_dreambooth_numbers(toy_world, toy_world.base, config), loss_drop=0.5)
 
 
@@ -169,14 +169,14 @@ def test_lora_dreambooth_learns_the_subject(toy_world: ToyWorld) -> None:
     world = toy_world
     class_only = encode_training_data(world.base, world.classes, CLASS_PROMPT)
     pre_config = TrainConfig(
-        mode="full", steps=PRETRAIN_STEPS, batch_size=4, learning_rate=1e-3, seed=1
+        method="full", steps=PRETRAIN_STEPS, batch_size=4, learning_rate=1e-3, seed=1
     )
     pretrained, pre_losses = _train(world.base, class_only, pre_config)
     assert np.mean(pre_losses[-20:]) < 0.5 * np.mean(pre_losses[:20]), pre_losses
     base = dataclasses.replace(world.base, diffusion_model=pretrained.diffusion_model)
     base_weights = [np.array(w) for w in base.diffusion_model.get_weights()]
 
-    config = TrainConfig(mode="lora", steps=TRAIN_STEPS, batch_size=2, learning_rate=3e-3, seed=0)
+    config = TrainConfig(method="lora", steps=TRAIN_STEPS, batch_size=2, learning_rate=3e-3, seed=0)
     numbers = _dreambooth_numbers(world, base, config)
     _assert_learned(numbers, loss_drop=0.85)
     # the pretrained base itself is untouched: DreamBooth trained a copy's LoRA factors

@@ -17,7 +17,7 @@ from trainer.dreambooth import TrainConfig, make_trainer
 def test_mixed_precision_lora_trains_with_finite_loss(
     tiny_preset: Any, tiny_data: Any, precision: str, compute: str
 ) -> None:
-    config = TrainConfig(mode="lora", steps=4, batch_size=1, precision=precision, seed=5)  # type: ignore[arg-type]
+    config = TrainConfig(method="lora", steps=4, batch_size=1, precision=precision, seed=5)  # type: ignore[arg-type]
     trainer = make_trainer(tiny_preset, tiny_data, config)
     dtypes = {layer.compute_dtype for layer in trainer.diffusion_model.layers if layer.weights}
     assert compute in dtypes

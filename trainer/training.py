@@ -37,8 +37,8 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 
 
-def instance_prompt(token: str, class_name: str) -> str:
-    return f"a photo of {token} {class_name}"
+def instance_prompt(identifier: str, class_name: str) -> str:
+    return f"a photo of {identifier} {class_name}"
 
 
 def class_prompt(class_name: str) -> str:
@@ -49,7 +49,7 @@ def class_prompt(class_name: str) -> str:
 class TrainJob:
     """What to train: the subject's identifier and class, and the run's configuration."""
 
-    token: str
+    identifier: str
     class_name: str
     config: TrainConfig
     base_seed: int = 0
@@ -70,7 +70,7 @@ def run_training(
     data = encode_training_data(
         preset,
         instance_images,
-        instance_prompt(job.token, job.class_name),
+        instance_prompt(job.identifier, job.class_name),
         class_images,
         class_prompt(job.class_name),
     )
@@ -95,9 +95,9 @@ def run_training(
         trainer,
         preset,
         out_dir,
-        identifier=job.token,
+        identifier=job.identifier,
         class_name=job.class_name,
-        instance_prompt=instance_prompt(job.token, job.class_name),
+        instance_prompt=instance_prompt(job.identifier, job.class_name),
         steps=config.steps,
         base_seed=job.base_seed,
     )
