@@ -14,7 +14,7 @@ last, because a real run pays a ``fit`` call's setup once, not once per few step
     python bench/train_step.py --real     # real-size sd-v1 UNet, 128 px, LoRA, random weights
 
 Prints steps/s and peak RSS (of the whole process so far) for each, and last
-``speedup: <float>x``: our default step (LoRA, XLA) against the seed-style step with the LoRA method.
+``speedup: <float>x``: our default step (LoRA, XLA) against the seed-style step, both LoRA.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def _seed_timestep_embedding(t: tf.Tensor, dim: int = 320) -> tf.Tensor:
 class SeedStyleTrainer(keras.Model):  # type: ignore[misc]
     """The tutorial's step: VAE encode, map_fn timestep embedding, clip, AdamW.
 
-    Trains every UNet weight (the tutorial's method) or, with ``lora``, only LoRA factors, so each of
-    our methods has a same-method baseline.
+    Trains every UNet weight (the tutorial's method) or, with ``lora``, only LoRA factors, so
+    each of our methods has a same-method baseline.
     """
 
     def __init__(self, preset: Preset, unet: keras.Model, lora: bool = False) -> None:

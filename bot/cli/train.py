@@ -127,8 +127,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from trainer.checkpoints import DirCheckpointStore
     from trainer.data import load_images
     from trainer.dreambooth import TrainConfig
-    from trainer.training import Progress, TrainJob, class_prompt, run_training
     from trainer.presets import PRESETS, build_preset
+    from trainer.training import Progress, TrainJob, class_prompt, run_training
 
     if name not in PRESETS:
         return _fail(f"unknown preset {name!r}")
@@ -182,7 +182,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _print_progress("step", p.step, p.total, extra)
 
     ckpt_dir = args.out / "checkpoints"
-    job = TrainJob(token=args.token, class_name=args.class_name, config=config)
+    job = TrainJob(identifier=args.token, class_name=args.class_name, config=config)
     meta: Any = run_training(
         preset,
         job,
@@ -193,5 +193,5 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress=on_step,
     )
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    print(f"{args.out}: {meta.mode} model of '{meta.instance_prompt}' after {meta.steps} steps")
+    print(f"{args.out}: {meta.method} model of '{meta.instance_prompt}' after {meta.steps} steps")
     return 0
