@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 STAMP := $(VENV)/.stamp-install
-EXTRAS ?= bot,worker,dev
+EXTRAS ?= bot,worker,s3,dev
 
-.PHONY: install test lint typecheck pytest run bench format clean
+.PHONY: install test ci lint typecheck pytest pytest-all run bench format clean
 
 # (Re)install when the venv is missing or pyproject.toml changed since the last install.
 $(STAMP): pyproject.toml
@@ -22,12 +22,19 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy bot storage
+	$(BIN)/mypy dreambot bot storage
 
+# Everyday run: everything not marked slow, with a quick Hypothesis profile.
 pytest: $(STAMP)
-	$(BIN)/pytest
+	HYPOTHESIS_PROFILE=dev $(BIN)/pytest -m "not slow"
+
+# CI: every test, slow ones included, with the thorough Hypothesis profile.
+pytest-all: $(STAMP)
+	HYPOTHESIS_PROFILE=ci $(BIN)/pytest
 
 test: lint typecheck pytest
+
+ci: lint typecheck pytest-all
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -37,7 +44,8 @@ run: $(STAMP)
 	$(BIN)/dreambot up
 
 bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/[a-z]*.py; do m=$$(basename $$b .py); echo "== bench.$$m"; \
+		$(BIN)/python -m bench.$$m || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

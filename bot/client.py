@@ -8,9 +8,9 @@ import discord
 import yarl
 from discord.ext import commands
 
-from bot.config import Settings
+from bot.config import BotSettings
 
-__all__ = ["DreamBot", "apply_api_base"]
+__all__ = ["DreamBot", "apply_api_base", "quiet_voice_warnings"]
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 COG_MODULES: tuple[str, ...] = ()
 
 
-def apply_api_base(settings: Settings) -> None:
+def apply_api_base(settings: BotSettings) -> None:
     """Point discord.py at another Discord API and gateway (a proxy, or the project's test fake)."""
     if settings.discord_api_base:
         discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
@@ -26,15 +26,19 @@ def apply_api_base(settings: Settings) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
-# The bot never joins voice; don't warn about missing voice libraries at every start.
-discord.VoiceClient.warn_nacl = False
-discord.VoiceClient.warn_dave = False
+def quiet_voice_warnings() -> None:
+    """The bot never joins voice: stop discord.py warning about missing voice libraries.
+
+    It is a process-wide switch, so the entry point flips it, not an import.
+    """
+    discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
 
 
 class DreamBot(commands.Bot):
     """The bot. Slash commands only, so no privileged intents are needed."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: BotSettings) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),

@@ -19,27 +19,17 @@ import aiohttp
 import discord
 
 from bot.client import DreamBot, apply_api_base
-from bot.config import Settings
+from bot.config import BotSettings
+from storage.config import StorageSettings
 from storage.db import Database
 from storage.errors import ConfigError, DreambotError
 from storage.redis_server import EmbeddedRedis
 
-__all__ = ["require_token", "run_bot", "run_up"]
+__all__ = ["run_bot", "run_up"]
 
 log = logging.getLogger(__name__)
 
 WORKER_STOP_TIMEOUT_S = 30.0
-
-
-def require_token(settings: Settings) -> str:
-    token = settings.discord_token.get_secret_value() if settings.discord_token else ""
-    if not token.strip():
-        raise ConfigError(
-            "DISCORD_TOKEN is not set. Create an application at "
-            "https://discord.com/developers/applications, add a bot, copy its token, and put "
-            "DISCORD_TOKEN=<token> in your .env file (see .env.example)."
-        )
-    return token.strip()
 
 
 @dataclass
@@ -99,10 +89,13 @@ def _install_signals(stop: _Stop) -> None:
         )
 
 
-async def _serve(settings: Settings, token: str, redis_url: str, *, with_worker: bool) -> int:
+async def _serve(
+    settings: BotSettings, storage: StorageSettings, redis_url: str, *, with_worker: bool
+) -> int:
+    token = settings.require_token()
     stop = _Stop()
     _install_signals(stop)
-    db = await Database.open(settings.db_path)
+    db = await Database.open(storage.db_path)
     apply_api_base(settings)
     client = DreamBot(settings)
     tasks: list[asyncio.Task[None]] = []
@@ -111,7 +104,12 @@ async def _serve(settings: Settings, token: str, redis_url: str, *, with_worker:
         if with_worker:
             env = {**os.environ, "REDIS_URL": redis_url}
             worker = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot.cli", "worker", env=env, stdin=asyncio.subprocess.DEVNULL
+                sys.executable,
+                "-m",
+                "dreambot",
+                "worker",
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
             )
             log.info("worker pid %s", worker.pid)
             tasks.append(asyncio.create_task(_watch_worker(worker, stop)))
@@ -133,28 +131,28 @@ async def _serve(settings: Settings, token: str, redis_url: str, *, with_worker:
     return 0
 
 
-def run_up(settings: Settings) -> int:
+def run_up(settings: BotSettings, storage: StorageSettings) -> int:
     """Embedded Redis (if REDIS_URL is empty) + one worker + the bot, until a signal."""
-    token = require_token(settings)
+    settings.require_token()  # before anything starts
     redis: EmbeddedRedis | None = None
-    redis_url = settings.redis_url
+    redis_url = storage.redis_url
     if not redis_url:
-        redis = EmbeddedRedis(settings.data_dir / "redis", persist=True)
+        redis = EmbeddedRedis(storage.redis_dir, persist=True)
         redis_url = redis.start()
     try:
-        return asyncio.run(_serve(settings, token, redis_url, with_worker=True))
+        return asyncio.run(_serve(settings, storage, redis_url, with_worker=True))
     finally:
         if redis is not None:
             redis.stop()
             log.info("embedded Redis stopped")
 
 
-def run_bot(settings: Settings) -> int:
+def run_bot(settings: BotSettings, storage: StorageSettings) -> int:
     """Only the bot (workers run elsewhere against the same REDIS_URL and BLOB_URL)."""
-    token = require_token(settings)
-    if not settings.redis_url:
+    settings.require_token()
+    if not storage.redis_url:
         raise ConfigError(
             "REDIS_URL is not set. `dreambot bot` runs the bot alone and needs the Redis that "
             "the workers use; use `dreambot up` to run everything on one machine."
         )
-    return asyncio.run(_serve(settings, token, settings.redis_url, with_worker=False))
+    return asyncio.run(_serve(settings, storage, storage.redis_url, with_worker=False))

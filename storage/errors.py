@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DreambotError",
+    "InvalidArgument",
     "QuotaExceeded",
     "StorageError",
     "UserFacingError",
@@ -41,3 +42,11 @@ class QuotaExceeded(UserFacingError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code="quota_exceeded")
+
+
+class InvalidArgument(UserFacingError):
+    """A value a person typed breaks one of the shared rules (a command option, a slash-command
+    argument); the message says which value and what is allowed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_argument")

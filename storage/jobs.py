@@ -17,6 +17,15 @@ from typing import Any, Self
 
 from storage.blobs import keys
 from storage.errors import StorageError
+from storage.rules import (
+    DEFAULT_CLASS_IMAGES,
+    DEFAULT_GUIDANCE,
+    DEFAULT_IMAGES,
+    DEFAULT_LORA_RANK,
+    DEFAULT_METHOD,
+    DEFAULT_SAMPLER_STEPS,
+    DEFAULT_TRAIN_STEPS,
+)
 
 __all__ = [
     "GENERATE_FUNCTION",
@@ -94,11 +103,11 @@ class TrainSpec(_Json):
     class_name: str
     identifier: str
     preset: str = "sd-v1"
-    method: str = "lora"
-    steps: int = 800
+    method: str = DEFAULT_METHOD
+    steps: int = DEFAULT_TRAIN_STEPS
     resolution: int = 512
-    class_images: int = 200
-    lora_rank: int = 4
+    class_images: int = DEFAULT_CLASS_IMAGES
+    lora_rank: int = DEFAULT_LORA_RANK
     seed: int = 0
 
 
@@ -111,9 +120,9 @@ class GenerateSpec(_Json):
     model_id: str | None = None
     model_prefix: str | None = None
     negative_prompt: str = ""
-    n_images: int = 4
-    steps: int = 30
-    guidance: float = 7.5
+    n_images: int = DEFAULT_IMAGES
+    steps: int = DEFAULT_SAMPLER_STEPS
+    guidance: float = DEFAULT_GUIDANCE
     seeds: list[int] = field(default_factory=list)
 
 

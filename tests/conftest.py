@@ -1,16 +1,28 @@
-"""Shared fixtures: real SQLite in tmp_path, a private redis-server, Settings built directly."""
+"""Shared fixtures: real SQLite in tmp_path, a private redis-server; Hypothesis profiles."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
-from bot.config import Settings
 from storage.db import Database
 from storage.redis_server import EmbeddedRedis
 from storage.repos import Repos
+
+
+# Property tests: a quick pass in the everyday `make test`, a thorough one in `make ci`. Tests
+# take their example counts from the profile (never a fixed max_examples of their own).
+settings.register_profile(
+    "dev", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture(scope="session")
@@ -20,11 +32,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(_env_file=None, data_dir=tmp_path / "data")  # type: ignore[call-arg]
 
 
 @pytest.fixture

@@ -14,18 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
+from storage.rules import class_prompt, instance_prompt
 from trainer.checkpoints import CheckpointCallback, CheckpointStore, load_checkpoint
 from trainer.data import encode_training_data
 from trainer.dreambooth import StepCallback, TrainConfig, make_trainer
 from trainer.export import ModelMetadata, export_model
 from trainer.presets import Preset
 
-__all__ = ["Progress", "TrainJob", "instance_prompt", "run_training"]
+__all__ = ["StepReport", "TrainJob", "run_training"]
 
 
 @dataclass(frozen=True)
-class Progress:
-    """One progress report: step reached, loss, seconds per step and estimated seconds left."""
+class StepReport:
+    """One training step's report: step reached, loss, seconds per step and seconds left."""
 
     step: int
     total: int
@@ -34,15 +35,7 @@ class Progress:
     eta_seconds: float
 
 
-ProgressFn = Callable[[Progress], None]
-
-
-def instance_prompt(identifier: str, class_name: str) -> str:
-    return f"a photo of {identifier} {class_name}"
-
-
-def class_prompt(class_name: str) -> str:
-    return f"a photo of {class_name}"
+StepReportFn = Callable[[StepReport], None]
 
 
 @dataclass(frozen=True)
@@ -63,7 +56,7 @@ def run_training(
     out_dir: Path | str,
     *,
     checkpoints: CheckpointStore | None = None,
-    progress: ProgressFn | None = None,
+    progress: StepReportFn | None = None,
 ) -> ModelMetadata:
     """Encode, train (resuming from ``checkpoints`` when they hold a state) and export."""
     config = job.config
@@ -87,7 +80,7 @@ def run_training(
         def report(step: int, logs: dict[str, float]) -> None:
             per_step = (time.monotonic() - started) / max(1, step - start)
             left = per_step * (config.steps - step)
-            progress(Progress(step, config.steps, logs.get("loss", float("nan")), per_step, left))
+            progress(StepReport(step, config.steps, logs.get("loss", float("nan")), per_step, left))
 
         callbacks.append(StepCallback(report, start))
     trainer.train(data, start_step=start, callbacks=callbacks)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from bot.photos.analysis import FACE_MODEL, FaceDetectorUnavailable
 from bot.photos.check import check_photo, check_photos, display_name, normalise_photo
+from bot.photos.files import expand_paths, printable, read_photo_files
 from bot.photos.model import (
     DEFAULT_PERSON_CLASSES,
     NormalisedPhoto,
@@ -37,5 +38,8 @@ __all__ = [
     "check_photo",
     "check_photos",
     "display_name",
+    "expand_paths",
     "normalise_photo",
+    "printable",
+    "read_photo_files",
 ]

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from storage.errors import DreambotError
+from storage.errors import ConfigError
 
 __all__ = [
     "ANALYSIS_SIDE",
@@ -50,7 +50,7 @@ _MIN_FACE_SHARE = 0.10
 _COMPANION_FACE_SHARE = 0.5
 
 
-class FaceDetectorUnavailable(DreambotError):
+class FaceDetectorUnavailable(ConfigError):
     """The installed OpenCV has no Haar cascades (OpenCV 5 dropped them); pin opencv < 5."""
 
 

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from storage.errors import InvalidArgument
+
 if TYPE_CHECKING:
-    from bot.config import Settings
+    from bot.config import BotSettings
 
 __all__ = [
     "DEFAULT_PERSON_CLASSES",
@@ -58,7 +60,7 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PhotoRules:
-    """Everything the checks need to know, decoupled from ``Settings`` so tests and the CLI can
+    """Everything the checks need to know, decoupled from ``BotSettings`` so tests and the CLI can
     build it directly.
 
     Thresholds that are not settings live here with their reasons so they can be tuned in one place.
@@ -84,18 +86,18 @@ class PhotoRules:
 
     def __post_init__(self) -> None:
         if self.resolution < 64:
-            raise ValueError("resolution must be at least 64")
+            raise InvalidArgument("resolution must be at least 64")
         if self.min_photos < 1 or self.min_photos > self.max_photos:
-            raise ValueError("min_photos must be between 1 and max_photos")
+            raise InvalidArgument("min_photos must be between 1 and max_photos")
         if self.max_bytes < 1 or self.max_pixels < 1:
-            raise ValueError("max_bytes and max_pixels must be positive")
+            raise InvalidArgument("max_bytes and max_pixels must be positive")
         if not 1.0 <= self.warn_aspect <= self.max_aspect:
-            raise ValueError("warn_aspect must be between 1 and max_aspect")
+            raise InvalidArgument("warn_aspect must be between 1 and max_aspect")
 
     @classmethod
     def from_settings(
         cls,
-        settings: Settings,
+        settings: BotSettings,
         *,
         class_name: str = "person",
         resolution: int | None = None,

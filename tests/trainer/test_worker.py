@@ -48,7 +48,7 @@ def test_worker_without_redis_url_explains() -> None:
 def test_worker_process_stops_on_sigterm(redis_server: EmbeddedRedis) -> None:
     env = {**os.environ, "REDIS_URL": redis_server.url}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "worker"],
+        [sys.executable, "-m", "dreambot", "worker"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -71,11 +71,3 @@ def test_worker_process_stops_on_sigterm(redis_server: EmbeddedRedis) -> None:
             proc.kill()
     assert proc.returncode == 0, seen + out
     assert "stopped" in out
-
-
-async def test_pool_can_be_built_from_the_private_server(redis_server: EmbeddedRedis) -> None:
-    pool = await create_pool(RedisSettings.from_dsn(redis_server.url))
-    try:
-        assert await pool.ping()
-    finally:
-        await pool.aclose()

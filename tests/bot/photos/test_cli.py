@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.cli import main
+from dreambot.cli import main
 from tests.bot.photos.images import encode, header_bomb_png, textured_photo
 
 REPO = Path(__file__).resolve().parents[3]
@@ -191,7 +191,7 @@ def test_hostile_corpus_in_a_real_process_never_prints_a_traceback(tmp_path: Pat
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     for extra in (["--class-name", "mug"], ["--class-name", "mug", "--json"]):
         done = subprocess.run(
-            [sys.executable, "-m", "bot.cli", "photos", "check", *extra, str(folder)],
+            [sys.executable, "-m", "dreambot", "photos", "check", *extra, str(folder)],
             capture_output=True,
             cwd=tmp_path,
             env=env,

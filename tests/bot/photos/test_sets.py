@@ -1,12 +1,10 @@
-"""Set rules: counts, near-duplicates, input order, rules built from Settings."""
+"""Set rules: counts, near-duplicates, input order, rules built from BotSettings."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PIL import Image, ImageFilter
 
-from bot.config import Settings
+from bot.config import BotSettings
 from bot.photos import PhotoInput, PhotoRules, Reason, Verdict, check_photos
 from tests.bot.photos.images import encode, face_photo, textured_photo
 
@@ -110,10 +108,9 @@ def test_threads_give_the_same_report() -> None:
     assert one == two
 
 
-def test_rules_from_settings(tmp_path: Path) -> None:
-    settings = Settings(  # type: ignore[call-arg]
+def test_rules_from_settings() -> None:
+    settings = BotSettings(  # type: ignore[call-arg]
         _env_file=None,
-        data_dir=tmp_path,
         photos_min=4,
         photos_max=12,
         photo_max_bytes=5 * 1024 * 1024,

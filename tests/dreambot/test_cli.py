@@ -1,8 +1,9 @@
-"""The `dreambot` command: help for each subcommand, migrate, clear failures without tracebacks."""
+"""The `dreambot` command: one parser over both sides, migrate, one error path and exit codes."""
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DISCORD_TOKEN")}
     return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args],
+        [sys.executable, "-m", "dreambot", *args],
         cwd=tmp_path,
         env={**base, "DATA_DIR": str(tmp_path / "data"), **env},
         capture_output=True,
@@ -23,16 +24,21 @@ def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedPro
     )
 
 
-@pytest.mark.parametrize("command", ["up", "bot", "worker", "migrate"])
+COMMANDS = ["up", "bot", "migrate", "photos", "worker", "train", "imagine"]
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "photos check"])
 def test_every_command_has_help(tmp_path: Path, command: str) -> None:
-    done = _run([command, "--help"], tmp_path)
-    assert done.returncode == 0 and f"dreambot {command}" in done.stdout
+    done = _run([*command.split(), "--help"], tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith(f"usage: dreambot {command} ")
 
 
-def test_top_level_help_lists_commands(tmp_path: Path) -> None:
+def test_top_level_help_lists_each_side_s_commands(tmp_path: Path) -> None:
     done = _run(["--help"], tmp_path)
-    for command in ("up", "bot", "worker", "migrate"):
-        assert command in done.stdout
+    assert done.returncode == 0
+    # The command table: one row per command, its name first, then its help text.
+    listed = re.findall(r"^    (\w+)\s{2,}\S", done.stdout, flags=re.MULTILINE)
+    assert listed == COMMANDS
 
 
 def test_migrate_creates_the_database_at_database_path(tmp_path: Path) -> None:
@@ -65,3 +71,16 @@ def test_worker_alone_needs_redis_url(tmp_path: Path) -> None:
 
 def test_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
     assert _run(["frobnicate"], tmp_path).returncode == 2
+
+
+def test_rule_breaking_arguments_are_usage_errors_with_the_shared_message(tmp_path: Path) -> None:
+    done = _run(["photos", "check", "--class-name", "Big Dog", str(tmp_path)], tmp_path)
+    assert done.returncode == 2 and "usage:" in done.stderr
+    assert "'Big Dog' is not a valid class word" in done.stderr
+
+
+def test_errors_name_the_command_and_never_show_a_traceback(tmp_path: Path) -> None:
+    done = _run(["photos", "check", str(tmp_path / "nope")], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("no such file or folder")
+    assert "dreambot photos check: error:" in done.stderr and "Traceback" not in done.stderr
