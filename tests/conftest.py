@@ -13,7 +13,6 @@ from storage.db import Database
 from storage.redis_server import EmbeddedRedis
 from storage.repos import Repos
 
-
 # Property tests: a quick pass in the everyday `make test`, a thorough one in `make ci`. Tests
 # take their example counts from the profile (never a fixed max_examples of their own).
 settings.register_profile(
