@@ -86,7 +86,7 @@ class _Json:
     def from_json(cls, text: str | bytes) -> Self:
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StorageError(f"malformed {cls.__name__}: {exc}") from exc
         if not isinstance(data, dict):
             raise StorageError(f"malformed {cls.__name__}: not an object")
