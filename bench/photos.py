@@ -1,9 +1,11 @@
 """Photo intake benchmark: check and normalise 25 generated 12-megapixel JPEGs.
 
-Run: ``.venv/bin/python bench/photos.py``. Prints throughput and peak RSS for the intake as the
-bot runs it, then a baseline in the same run (a plain full-size decode of every photo) so the
-figures can be compared on whatever machine this runs. The last line is
+Run from the repository root: ``.venv/bin/python -m bench.photos [--photos 25] [--workers 2]
+[--repeats 3]`` (``--photos 3 --repeats 1`` for a quick try). Prints throughput and peak RSS for
+the intake as the bot runs it, then a baseline in the same run (a plain full-size decode of
+every photo) so the figures can be compared on whatever machine this runs. The last line is
 ``photos_per_s: <float>``. Goal on the 2-core dev machine: >= 10 photos/s, peak RSS < 500 MB.
+The face in each photo is drawn by the photo tests' own ``draw_face``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import psutil
 from PIL import Image, ImageDraw, ImageOps
 
 from bot.photos import PhotoInput, PhotoRules, check_photos
+from tests.bot.photos.images import draw_face
 
 __all__ = ["main"]
 
@@ -49,28 +52,12 @@ def make_photo(seed: int) -> bytes:
         draw.ellipse(
             [x - r, y - r, x + r, y + r], fill=tuple(int(c) for c in rng.integers(0, 256, 3))
         )
-    _draw_face(draw, half[0] * float(rng.uniform(0.35, 0.65)), half[1] * 0.5, half[1] * 0.4)
+    draw_face(draw, half[0] * float(rng.uniform(0.35, 0.65)), half[1] * 0.5, half[1] * 0.4)
     full = np.asarray(scene.resize((WIDTH, HEIGHT), Image.Resampling.BILINEAR)) // 16 * 15
     full += rng.integers(0, 16, (HEIGHT, WIDTH, 1), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(full).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
-
-
-def _draw_face(draw: ImageDraw.ImageDraw, cx: float, cy: float, width: float) -> None:
-    h = width * 1.3
-    draw.ellipse([cx - width * 0.56, cy - h * 0.58, cx + width * 0.56, cy + h * 0.1], (45, 30, 20))
-    draw.ellipse([cx - width / 2, cy - h * 0.45, cx + width / 2, cy + h / 2], (205, 165, 135))
-    ey, ex, er = cy - h * 0.08, width * 0.2, width * 0.075
-    for side in (-1, 1):
-        ox = cx + side * ex
-        draw.ellipse([ox - er * 2.2, ey - er * 3.3, ox + er * 2.2, ey - er * 2.3], (70, 45, 30))
-        draw.ellipse([ox - er * 1.8, ey - er, ox + er * 1.8, ey + er], (235, 235, 235))
-        draw.ellipse([ox - er, ey - er, ox + er, ey + er], (50, 30, 20))
-    nose = [(cx, ey), (cx - er * 1.1, cy + h * 0.14), (cx + er * 1.1, cy + h * 0.14)]
-    draw.polygon(nose, (175, 130, 105))
-    mouth = [cx - width * 0.17, cy + h * 0.24, cx + width * 0.17, cy + h * 0.31]
-    draw.ellipse(mouth, (140, 60, 60))
 
 
 class PeakRss:

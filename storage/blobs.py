@@ -5,22 +5,30 @@ Workers may live on other machines, so everything large travels through this sto
 ``hf://datasets/org/repo`` for multi-machine deployments, ``memory://`` in tests).
 
 Keys are built only from ids and hashes by :mod:`storage.blobs` helpers (never from a user's
-file name), and writes are atomic: an object is written under a temporary name and renamed into
-place, so a reader sees either the whole old object, the whole new one, or nothing.
+file name), and writes are atomic, so a reader sees either the whole old object, the whole new
+one, or nothing: on a filesystem an object is written under a temporary name and renamed into
+place; on S3 (where a rename is a copy) the upload itself is the atomic step, since an object
+appears only when its upload completes, and a failed write aborts the upload.
+
+``s3://`` needs the optional ``s3fs`` package (``pip install -e '.[s3]'``), imported only when
+such a URL is opened. Credentials and a non-AWS endpoint (MinIO, R2) come from botocore's usual
+environment: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``. The bucket
+must exist; the store never creates buckets.
 """
 
 from __future__ import annotations
 
+import importlib
 import posixpath
 import re
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO, Any
 
 import fsspec
 
-from storage.errors import StorageError
+from storage.errors import ConfigError, StorageError
 
 __all__ = [
     "BlobKeys",
@@ -30,6 +38,9 @@ __all__ = [
 
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _TMP_MARK = ".tmp-"
+# Object stores whose files support ``autocommit=False`` + ``commit()``/``discard()`` (a multipart
+# upload completed or aborted), mapped to the module and the pyproject extra that provide them.
+_OBJECT_STORES = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3")}
 
 
 def _segment(value: object) -> str:
@@ -104,12 +115,31 @@ class BlobStore:
     """A thin, synchronous wrapper over one fsspec filesystem rooted at ``url``.
 
     Synchronous on purpose: the worker calls it from the training thread, and the bot wraps
-    calls in ``asyncio.to_thread``.
+    calls in ``asyncio.to_thread``. Missing objects raise :class:`StorageError` ("blob not
+    found") on every backend.
     """
 
     def __init__(self, url: str, **storage_options: Any) -> None:
         self.url = url
-        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        protocol = fsspec.core.split_protocol(url)[0] or "file"
+        self._object_store = protocol in _OBJECT_STORES
+        if self._object_store:
+            module, extra = _OBJECT_STORES[protocol]
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigError(
+                    f"BLOB_URL uses {protocol}://, which needs the {module} package: "
+                    f"pip install -e '.[{extra}]'"
+                ) from exc
+            # s3fs caches listings per filesystem object, and another process writing the bucket
+            # (a worker, while the bot reads) never invalidates them: exists() and list() would
+            # answer from a stale listing. Every call asks the store instead.
+            storage_options.setdefault("use_listings_cache", False)
+        try:
+            fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        except ImportError as exc:
+            raise ConfigError(f"BLOB_URL uses {protocol}://, which is unavailable: {exc}") from exc
         self.fs = fs
         self.root = root.rstrip("/")
         protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
@@ -123,6 +153,12 @@ class BlobStore:
 
     def put(self, key: str, data: bytes) -> None:
         """Write ``data`` under ``key`` atomically."""
+        if self._object_store:
+            # One PUT: the object appears whole or not at all, and no temporary object is left.
+            path = self._path(key)
+            with self._writing(key):
+                self.fs.pipe_file(path, data)
+            return
         with self.open_write(key) as fh:
             fh.write(data)
 
@@ -130,6 +166,10 @@ class BlobStore:
     def open_write(self, key: str) -> Iterator[IO[bytes]]:
         """Stream an object; it appears under ``key`` only if the block finishes without error."""
         path = self._path(key)
+        if self._object_store:
+            with self._upload(key, path) as fh:
+                yield fh
+            return
         parent = posixpath.dirname(path)
         tmp = posixpath.join(parent, f"{_TMP_MARK}{uuid.uuid4().hex}")
         self.fs.makedirs(parent, exist_ok=True)
@@ -143,6 +183,31 @@ class BlobStore:
                     self.fs.rm(tmp)
             finally:
                 raise
+
+    @contextmanager
+    def _upload(self, key: str, path: str) -> Iterator[IO[bytes]]:
+        """An object-store upload that is completed only if the block succeeds, else aborted."""
+        with self._writing(key):
+            fh = self.fs.open(path, "wb", autocommit=False)
+        done = False
+        try:
+            yield fh
+            with self._writing(key):
+                fh.close()  # uploads the buffered tail as a part; nothing visible yet
+                fh.commit()  # completes the multipart upload: the object appears whole
+            done = True
+        finally:
+            if not done:
+                fh.discard()  # aborts the multipart upload, drops the buffer
+                fh.closed = True  # so garbage collection does not flush the dropped buffer
+
+    @contextmanager
+    def _writing(self, key: str) -> Iterator[None]:
+        """Turn the store's own refusals (a missing bucket or root) into a StorageError."""
+        try:
+            yield
+        except FileNotFoundError as exc:
+            raise StorageError(f"cannot write blob {key} under {self.url}: {exc}") from exc
 
     def put_file(self, key: str, local_path: str) -> None:
         with open(local_path, "rb") as src, self.open_write(key) as dst:
@@ -166,15 +231,21 @@ class BlobStore:
         return bool(self.fs.exists(self._path(key)))
 
     def size(self, key: str) -> int:
-        return int(self.fs.size(self._path(key)))
+        try:
+            return int(self.fs.size(self._path(key)))
+        except FileNotFoundError as exc:
+            raise StorageError(f"blob not found: {key}") from exc
+
+    def _find(self, prefix: str) -> list[str]:
+        """Every object under ``prefix`` (none when nothing is there: fsspec's ``find`` returns
+        an empty list for a missing folder or S3 prefix)."""
+        found: list[str] = self.fs.find(self._path(prefix.rstrip("/")))
+        return found
 
     def list(self, prefix: str) -> list[str]:
         """Keys under ``prefix`` (recursive, sorted); unfinished temporary writes are hidden."""
-        base = self._path(prefix.rstrip("/"))
-        if not self.fs.exists(base):
-            return []
         out = []
-        for path in self.fs.find(base):
+        for path in self._find(prefix):
             rel = self._relative(path)
             if not posixpath.basename(rel).startswith(_TMP_MARK):
                 out.append(rel)
@@ -188,17 +259,18 @@ class BlobStore:
         return stripped[len(root) + 1 :]
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
-        if self.fs.exists(path):
-            self.fs.rm(path)
+        """Remove one object; removing a missing one is not an error."""
+        with suppress(FileNotFoundError):
+            self.fs.rm(self._path(key))
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix`` (used by ``/forget``); returns how many."""
         if not prefix.endswith("/"):
             raise StorageError("a prefix must end with '/' so it cannot match a sibling key")
-        base = self._path(prefix.rstrip("/"))
-        if not self.fs.exists(base):
+        found = self._find(prefix)
+        if not found:
             return 0
-        found = self.fs.find(base)
-        self.fs.rm(base, recursive=True)
+        base = self._path(prefix.rstrip("/"))
+        with suppress(FileNotFoundError):  # someone else deleted it first
+            self.fs.rm(base, recursive=True)
         return len(found)

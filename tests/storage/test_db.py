@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
+import aiosqlite
 import pytest
 
 from storage.db import Database, Migration, load_migrations
@@ -111,3 +113,53 @@ async def test_incomplete_statement_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         await db.migrate([Migration(500, "cut", "CREATE TABLE t (id INTEGER")])
     await db.close()
+
+
+async def test_a_second_writer_waits_at_begin_instead_of_failing_on_a_stale_read(
+    tmp_path: Path,
+) -> None:
+    """Two processes read-modify-write one row (a quota reservation, a migration check).
+
+    ``BEGIN IMMEDIATE`` takes the write lock at BEGIN, so the second writer waits on the busy
+    timeout and then reads the first one's result. A deferred ``BEGIN`` would let it read a
+    snapshot first; its write then fails ("database is locked": the snapshot is stale), which
+    the busy timeout cannot cure.
+    """
+    path = tmp_path / "two.sqlite3"
+    first, second = await Database.open(path), await Database.open(path, migrate=False)
+    await first.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, value INTEGER NOT NULL)")
+    await first.execute("INSERT INTO counter VALUES (1, 0)")
+    first_holds_lock, second_read = asyncio.Event(), asyncio.Event()
+    seen: list[int] = []
+
+    async def increment(conn: aiosqlite.Connection) -> None:
+        cur = await conn.execute("SELECT value FROM counter WHERE id = 1")
+        row = await cur.fetchone()
+        assert row is not None
+        seen.append(row[0])
+        if first_holds_lock.is_set():
+            second_read.set()
+        await conn.execute("UPDATE counter SET value = ? WHERE id = 1", (row[0] + 1,))
+
+    async def first_writer() -> None:
+        async with first.transaction() as conn:
+            await increment(conn)
+            first_holds_lock.set()
+            # Commit once the second writer has read (it could, with a deferred BEGIN), or
+            # after a pause in which it is stuck at BEGIN IMMEDIATE.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(second_read.wait(), 0.5)
+
+    async def second_writer() -> None:
+        await first_holds_lock.wait()
+        async with second.transaction() as conn:
+            await increment(conn)
+
+    try:
+        await asyncio.gather(first_writer(), second_writer())
+        row = await first.fetchone("SELECT value FROM counter WHERE id = 1")
+    finally:
+        await first.close()
+        await second.close()
+    assert seen == [0, 1]
+    assert row is not None and row[0] == 2

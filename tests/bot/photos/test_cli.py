@@ -71,20 +71,19 @@ def test_json_is_one_array_in_input_order(
 ) -> None:
     good = _write_good(tmp_path / "set", 3)
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(header_bomb_png())
-    code, out, err = _run(capsys, "--json", "--class-name", "mug", str(bomb), *map(str, good))
+    bomb.write_bytes(header_bomb_png(30000, 30000))
+    # Neither sorted nor reverse-sorted by path, so output that reorders cannot pass.
+    inputs = [good[2], bomb, good[0], good[1]]
+    code, out, err = _run(capsys, "--json", "--class-name", "mug", *map(str, inputs))
     assert code == 0
     rows = json.loads(out)  # the whole of stdout is one JSON document
     assert isinstance(rows, list) and len(rows) == 4
     assert all(set(row) == {"path", "verdict", "reasons", "message"} for row in rows)
-    assert rows[0] == {
-        "path": str(bomb),
-        "verdict": "reject",
-        "reasons": ["too_many_pixels"],
-        "message": rows[0]["message"],
-    }
-    assert [r["path"] for r in rows[1:]] == [str(p) for p in good]
-    assert all(r["verdict"] == "ok" and r["reasons"] == [] for r in rows[1:])
+    assert [r["path"] for r in rows] == [str(p) for p in inputs]
+    assert [r["verdict"] for r in rows] == ["ok", "reject", "ok", "ok"]
+    assert [r["reasons"] for r in rows] == [[], ["too_many_pixels"], [], []]
+    # Each message belongs to its own row: only the bomb's names the size its header claims.
+    assert ["30000 x 30000" in r["message"] for r in rows] == [False, True, False, False]
     assert "Set:" in err  # the set verdict goes to stderr only
 
 
