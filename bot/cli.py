@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from bot.config import BotSettings
-from storage.config import StorageSettings
+from storage.config import StorageSettings, require_extra
 from storage.errors import InvalidArgument
 from storage.rules import argument, check_int, check_word
 
@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _cmd_up(args: argparse.Namespace, settings: BotSide) -> int:
+    require_extra("discord", "bot", "up")
+    require_extra("tensorflow", "worker", "up")  # `up` runs a worker too
     from bot.client import quiet_voice_warnings
     from bot.stack import run_up
 
@@ -64,6 +66,7 @@ def _cmd_up(args: argparse.Namespace, settings: BotSide) -> int:
 
 
 def _cmd_bot(args: argparse.Namespace, settings: BotSide) -> int:
+    require_extra("discord", "bot", "bot")
     from bot.client import quiet_voice_warnings
     from bot.stack import run_bot
 
@@ -147,6 +150,7 @@ def _register_photos(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def run_check(args: argparse.Namespace, settings: BotSide) -> int:
     """Check the photos named on the command line; 0 when the set can train, 1 when not."""
+    require_extra("cv2", "bot", "photos check")
     from bot.photos import PhotoRules, check_photos, expand_paths, read_photo_files
 
     # Decoder warnings about odd metadata are not the user's business: the verdict says it all.

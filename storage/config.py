@@ -9,6 +9,7 @@ them directly.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.errors import ConfigError
 
-__all__ = ["ENV_CONFIG", "StorageSettings", "load_all"]
+__all__ = ["ENV_CONFIG", "StorageSettings", "load_all", "require_extra"]
 
 ENV_CONFIG = SettingsConfigDict(
     env_file=".env",
@@ -90,3 +91,13 @@ def load_all(*classes: type[BaseSettings], env_file: Path | str | None = ".env")
             "environment or .env file (see .env.example for every setting)."
         )
     return tuple(built)
+
+
+def require_extra(module: str, extra: str, command: str) -> None:
+    """Stop a command whose extra is not installed with a message that says which to install
+    (each process installs only its own: the bot host has no TensorFlow, a worker no discord.py)."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"`dreambot {command}` needs {module}, which this install lacks: "
+            f"pip install -e '.[{extra}]'"
+        )

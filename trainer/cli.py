@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from storage.config import StorageSettings
+from storage.config import StorageSettings, require_extra
 from storage.errors import InvalidArgument, UserFacingError
 from storage.rules import (
     DEFAULT_CLASS_IMAGES,
@@ -124,6 +124,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: TrainerSide) -> int:
+    require_extra("arq", "worker", "worker")
     from trainer.worker import run_worker
 
     return run_worker(settings.storage.redis_url, args.queue)
@@ -211,6 +212,7 @@ def _cmd_train(args: argparse.Namespace, settings: TrainerSide) -> int:
         raise InvalidArgument(f"--out {args.out} exists and is not a folder")
     name: str = args.preset or settings.trainer.model_preset
     resolution = training_resolution(name, args.resolution, settings.train_resolution)
+    require_extra("tensorflow", "worker", "train")
     photos = settings.check_photos(args.photos, args.class_name, resolution)
 
     from storage.blobs import BlobStore
@@ -333,6 +335,7 @@ def run_imagine(args: argparse.Namespace, settings: TrainerSide) -> int:
     out_dir: Path = args.out
     seed: int = secrets.randbelow(2**31) if args.seed is None else args.seed
     seeds = seeds_from(seed, args.n)
+    require_extra("tensorflow", "worker", "imagine")
     if not model_dir.is_dir():
         raise UserFacingError(f"model folder {model_dir} does not exist", code="no_model")
     try:
