@@ -8,7 +8,7 @@ KerasCV's pipeline comes from ``trainer.presets.kerascv_pipeline`` (the preset's
 into a ``StableDiffusion``). Before timing, both get the same starting noise and pad id to show
 that they draw the same images. The last line is ``speedup: <x>x``.
 
-    .venv/bin/python bench/generate.py [--batch 2] [--steps 20] [--repeats 7] [--xla]
+    .venv/bin/python -m bench.generate [--batch 2] [--steps 20] [--repeats 7] [--xla]
 """
 
 from __future__ import annotations
@@ -17,13 +17,9 @@ import argparse
 import contextlib
 import io
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trainer  # noqa: F401  (pins the Keras backend)
 

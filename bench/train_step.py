@@ -10,8 +10,8 @@ and compiling, in interleaved rounds (best round counts), so a shared machine's 
 all alike. A round's rate is its steady state: from the end of its first step to the end of its
 last, because a real run pays a ``fit`` call's setup once, not once per few steps.
 
-    python bench/train_step.py [--steps 60] [--batch 2] [--methods lora,full] [--seed-xla]
-    python bench/train_step.py --real     # real-size sd-v1 UNet, 128 px, LoRA, random weights
+    .venv/bin/python -m bench.train_step [--steps 60] [--batch 2] [--methods lora,full] [--seed-xla]
+    .venv/bin/python -m bench.train_step --real   # real-size sd-v1 UNet, 128 px, LoRA, random init
 
 Prints steps/s and peak RSS (of the whole process so far) for each, and last
 ``speedup: <float>x``: our default step (LoRA, XLA) against the seed-style step, both LoRA.
@@ -24,10 +24,8 @@ import os
 import resource
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,7 +36,13 @@ import tensorflow as tf
 from trainer.data import EncodedData, encode_training_data, make_dataset
 from trainer.dreambooth import TrainConfig, copy_diffusion_model, make_trainer
 from trainer.lora import enable_lora, lora_variables
-from trainer.presets import PRESETS, Preset, build_diffusion_model, build_preset
+from trainer.presets import (
+    PRESETS,
+    Preset,
+    alphas_cumprod_schedule,
+    build_diffusion_model,
+    build_preset,
+)
 
 
 def peak_rss_mb() -> float:
@@ -67,7 +71,7 @@ class SeedStyleTrainer(keras.Model):  # type: ignore[misc]
         self.lora = lora
         self.prior_loss_weight = 1.0
         self.vae = keras.Model(preset.image_encoder.inputs, preset.image_encoder.layers[-2].output)
-        self.alphas = tf.constant(preset.alphas_cumprod)
+        self.alphas = tf.constant(preset.alphas_cumprod, tf.float32)
         self.scale = preset.latent_scale
         self.built = True
 
@@ -243,7 +247,7 @@ def bench_real(steps: int) -> None:
     )
 
     class _Shim:
-        alphas_cumprod = np.linspace(0.999, 0.005, 1000, dtype=np.float32)
+        alphas_cumprod = alphas_cumprod_schedule()
         latent_scale = spec.latent_scale
 
     config = TrainConfig(method="lora", steps=steps, batch_size=1)

@@ -132,9 +132,11 @@ def _read_manifest(store: CheckpointStore) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        manifest: dict[str, Any] = json.loads(raw)
-    except ValueError as exc:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{MANIFEST} is not valid JSON") from exc
+    if not isinstance(manifest, dict) or not {"step", "state", "sha256"} <= manifest.keys():
+        raise CheckpointError(f"{MANIFEST} lacks the step, state or sha256 of a checkpoint")
     return manifest
 
 

@@ -2,8 +2,11 @@
 
 Every image is encoded once (and once flipped) to its VAE posterior — mean and log-variance —
 and the prompts are encoded once, so a training step runs only the UNet. Which images a step
-sees and whether each is flipped is a pure function of ``(seed, step)``: a resumed run reads the
-same batches as an uninterrupted one without saving iterator state.
+sees, whether each is flipped, and the step's noise and timesteps are a pure function of
+``(seed, step)``: a resumed run reads the same batches as an uninterrupted one without saving
+iterator state. The noise is drawn here, in the input pipeline, and not inside the training
+step: XLA compiles TensorFlow's stateless Philox into other numbers than the CPU kernel draws
+(measured here), so a step drawing its own noise would train differently with and without XLA.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from trainer.errors import TrainingDataError
-from trainer.presets import Preset
+from trainer.presets import TRAIN_TIMESTEPS, Preset
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -146,13 +149,39 @@ def _flips(step: tf.Tensor, batch: int, seed: int, stream: int) -> tf.Tensor:
     return tf.random.stateless_uniform([batch], seed=seed_pair, maxval=2, dtype=tf.int64)
 
 
-def make_dataset(
-    data: EncodedData, batch_size: int, *, seed: int = 0, start_step: int = 0
-) -> tf.data.Dataset:
-    """Endless batches ``{"step", "instance", "class"?}`` of posteriors [B, s, s, 8].
+def _step_draws(
+    step: tf.Tensor, rows: int, latent_shape: tuple[int, ...], seed: int, timesteps: int
+) -> dict[str, tf.Tensor]:
+    """One step's random numbers for ``rows`` UNet samples, keyed on ``(seed, step, stream)``."""
 
-    Instance and class samples are paired by slot within the epoch, so each batch holds
-    ``batch_size`` of each, and the UNet sees them in one call.
+    def key(stream: int) -> tf.Tensor:
+        return tf.stack([tf.constant(seed, tf.int64) * 7919 + stream, tf.cast(step, tf.int64)])
+
+    shape = (rows, *latent_shape)
+    return {
+        "latent_noise": tf.random.stateless_normal(shape, seed=key(1)),
+        "noise": tf.random.stateless_normal(shape, seed=key(2)),
+        "timesteps": tf.random.stateless_uniform(
+            [rows], seed=key(3), minval=0, maxval=timesteps, dtype=tf.int32
+        ),
+    }
+
+
+def make_dataset(
+    data: EncodedData,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    start_step: int = 0,
+    prior: bool = True,
+    timesteps: int = TRAIN_TIMESTEPS,
+) -> tf.data.Dataset:
+    """Endless batches of posteriors [B, s, s, 8] and the step's random draws.
+
+    Keys: ``step``; ``instance`` and, with class data, ``class`` (posteriors); ``latent_noise``
+    and ``noise`` [R, s, s, 4] and ``timesteps`` [R] for the R UNet samples of the step: B, or
+    2B when ``prior`` is on and class data exist (instance rows first). Instance and class
+    samples are paired by slot within the epoch, so the UNet sees both in one call.
     """
     length = data.epoch_length
     inst = tf.constant(data.instance_posteriors)
@@ -160,6 +189,8 @@ def make_dataset(
     n_inst = int(inst.shape[0])
     n_cls = int(cls.shape[0]) if cls is not None else 0
     seed = int(seed)
+    rows = batch_size * (2 if prior and cls is not None else 1)
+    latent_shape = (*inst.shape[2:-1], inst.shape[-1] // 2)
 
     def batch_for(step: tf.Tensor) -> dict[str, tf.Tensor]:
         idx = _indices(step, batch_size, length, seed * 2 + 11)
@@ -169,6 +200,7 @@ def make_dataset(
         if cls is not None:
             cls_idx = tf.stack([idx % n_cls, _flips(step, batch_size, seed, 202)], axis=1)
             out["class"] = tf.gather_nd(cls, cls_idx)
+        out.update(_step_draws(step, rows, latent_shape, seed, timesteps))
         return out
 
     ds = tf.data.Dataset.counter(start=start_step, dtype=tf.int64)

@@ -1,13 +1,16 @@
 """DreamBooth with prior preservation as a ``keras.Model`` whose ``train_step`` trains the UNet.
 
-One step: sample latents from the cached VAE posteriors, draw noise and timesteps, noise the
-latents, predict the noise for instance and class samples in one UNet call, and minimise
-``instance_loss + prior_loss_weight * prior_loss``. Randomness is stateless and keyed on
-``(seed, step)``, so a run resumed from a checkpoint repeats an uninterrupted run exactly.
+One step: sample latents from the cached VAE posteriors, noise them at the batch's timesteps,
+predict the noise for instance and class samples in one UNet call, and minimise
+``instance_loss + prior_loss_weight * prior_loss``. Randomness is stateless, keyed on
+``(seed, step)`` and drawn by the input pipeline (:func:`trainer.data.make_dataset`), so a run
+resumed from a checkpoint repeats an uninterrupted run exactly, with or without XLA.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data import EncodedData, make_dataset, sample_latents
+from trainer.errors import InvalidTrainConfig
 from trainer.lora import enable_lora, lora_variables
 from trainer.presets import Preset, build_diffusion_model, build_text_encoder, timestep_embedding
 
@@ -35,6 +39,15 @@ Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 
 # The reference DreamBooth's full fine-tuning rate; LoRA trains far fewer weights and needs more.
 DEFAULT_LR: dict[str, float] = {"full": 2e-6, "lora": 1e-4}
+
+# Options checked in TrainConfig, with the words an error message uses for them.
+_WHOLE_NUMBERS = {
+    "steps": "The number of training steps",
+    "batch_size": "The batch size",
+    "lora_rank": "The LoRA rank",
+    "checkpoint_every": "The number of steps between checkpoints",
+}
+_POSITIVE_NUMBERS = {"learning_rate": "The learning rate", "lora_alpha": "The LoRA alpha"}
 
 
 @dataclass(frozen=True)
@@ -63,14 +76,33 @@ class TrainConfig:
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
+        """Refuse settings that cannot train, with a message naming the option and its range."""
         if self.method not in ("lora", "full"):
-            raise ValueError(f"method must be 'lora' or 'full', not {self.method!r}")
+            raise InvalidTrainConfig(
+                f"Unknown training method {self.method!r}: choose 'lora' (small, fast) or 'full'."
+            )
         if self.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
-            raise ValueError(f"unknown precision {self.precision!r}")
+            raise InvalidTrainConfig(
+                f"Unknown precision {self.precision!r}: choose float32, mixed_float16 or "
+                "mixed_bfloat16."
+            )
         if self.train_text_encoder and self.method != "lora":
-            raise ValueError("train_text_encoder is only supported with method='lora'")
-        if self.steps < 1 or self.batch_size < 1 or self.lora_rank < 1:
-            raise ValueError("steps, batch_size and lora_rank must be positive")
+            raise InvalidTrainConfig(
+                "Training the text encoder is only supported with the 'lora' method."
+            )
+        for name, label in _WHOLE_NUMBERS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise InvalidTrainConfig(f"{label} must be a whole number from 1 up, not {value}.")
+        for name, label in _POSITIVE_NUMBERS.items():
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise InvalidTrainConfig(f"{label} must be a number above 0, not {value}.")
+        if not (math.isfinite(self.prior_loss_weight) and self.prior_loss_weight >= 0):
+            raise InvalidTrainConfig(
+                "The prior-preservation loss weight must be 0 (off) or more, not "
+                f"{self.prior_loss_weight}."
+            )
 
     @property
     def lr(self) -> float:
@@ -155,28 +187,16 @@ class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
         return tf.repeat(tf.cast(out, tf.float32), batch, axis=0)
 
     def _noisy_inputs(self, data: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
-        step = tf.cast(data["step"], tf.int64)
-        seed = tf.constant(self.config.seed, tf.int64)
+        """Noisy latents, timestep embeddings and target noise from one batch's draws."""
         posts = data["instance"]
         batch = tf.shape(posts)[0]
         if self.has_prior:
             posts = tf.concat([posts, data["class"]], axis=0)
-        shape = tf.concat([tf.shape(posts)[:-1], [tf.shape(posts)[-1] // 2]], axis=0)
-        total = tf.shape(posts)[0]
-
-        def key(stream: int) -> tf.Tensor:
-            return tf.stack([seed * 7919 + stream, step])
-
-        latents = sample_latents(
-            posts, tf.random.stateless_normal(shape, seed=key(1)), self.latent_scale
-        )
-        noise = tf.random.stateless_normal(shape, seed=key(2))
-        timesteps = tf.random.stateless_uniform(
-            [total], seed=key(3), minval=0, maxval=int(self._alphas.shape[0]), dtype=tf.int32
-        )
-        alpha = tf.reshape(tf.gather(self._alphas, timesteps), (-1, 1, 1, 1))
+        latents = sample_latents(posts, data["latent_noise"], self.latent_scale)
+        noise = data["noise"]
+        alpha = tf.reshape(tf.gather(self._alphas, data["timesteps"]), (-1, 1, 1, 1))
         noisy = tf.sqrt(alpha) * latents + tf.sqrt(1.0 - alpha) * noise
-        return noisy, timestep_embedding(timesteps), noise, batch
+        return noisy, timestep_embedding(data["timesteps"]), noise, batch
 
     def train_step(self, data: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         noisy, t_emb, noise, batch = self._noisy_inputs(data)
@@ -212,7 +232,12 @@ class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
         if end <= start_step:
             return {}
         dataset = make_dataset(
-            data, self.config.batch_size, seed=self.config.seed, start_step=start_step
+            data,
+            self.config.batch_size,
+            seed=self.config.seed,
+            start_step=start_step,
+            prior=self.has_prior,
+            timesteps=int(self._alphas.shape[0]),
         )
         history = self.fit(
             dataset,

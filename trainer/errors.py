@@ -1,12 +1,20 @@
-"""Trainer errors, under the project's one hierarchy in :mod:`storage.errors`."""
+"""Trainer errors, under the project's one hierarchy in :mod:`storage.errors`.
+
+Bad input a person can fix (a training option, a prompt, a model file that belongs to another
+base) raises a :class:`~storage.errors.UserFacingError` subclass with a stable ``code``; broken
+state the system wrote itself (checkpoints) stays a plain :class:`DreambotError`.
+"""
 
 from __future__ import annotations
 
-from storage.errors import ConfigError, DreambotError, UserFacingError
+from storage.errors import ConfigError, DreambotError, InvalidArgument, UserFacingError
 
 __all__ = [
     "CheckpointError",
+    "InvalidTrainConfig",
+    "LoraMismatch",
     "ModelFormatError",
+    "PromptTooLong",
     "TrainingDataError",
     "WeightsNotFound",
 ]
@@ -23,9 +31,46 @@ class TrainingDataError(UserFacingError):
         super().__init__(message, code="bad_training_data")
 
 
+class InvalidTrainConfig(InvalidArgument):
+    """A training option is out of range or contradicts another; the message names it.
+
+    An :class:`InvalidArgument`, so the command line treats it as a usage error.
+    """
+
+    def __init__(self, message: str) -> None:
+        UserFacingError.__init__(self, message, code="invalid_train_config")
+
+
+class PromptTooLong(UserFacingError):
+    """The prompt does not fit the text encoder's context.
+
+    Refused, not truncated: silently dropping the end of a prompt changes the picture without
+    telling the person.
+    """
+
+    def __init__(self, tokens: int, limit: int, *, which: str = "prompt") -> None:
+        super().__init__(
+            f"The {which} is too long: it is {tokens} tokens and at most {limit} fit. "
+            "Please shorten it.",
+            code="prompt_too_long",
+        )
+        self.tokens = tokens
+        self.limit = limit
+
+
 class CheckpointError(DreambotError):
     """A checkpoint is incomplete or does not match the run that tries to resume from it."""
 
 
 class ModelFormatError(DreambotError):
     """An exported model directory is missing a file or does not match its base model."""
+
+
+class LoraMismatch(ModelFormatError, UserFacingError):
+    """LoRA weights that do not fit the model they are applied to (trained on another base).
+
+    A :class:`ModelFormatError` too, so whoever catches bad model folders catches this.
+    """
+
+    def __init__(self, message: str) -> None:
+        UserFacingError.__init__(self, message, code="lora_mismatch")

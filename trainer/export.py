@@ -125,12 +125,14 @@ def read_metadata(model_dir: Path | str) -> ModelMetadata:
     """Parse ``model.json``; a missing or foreign file raises :class:`ModelFormatError`."""
     path = Path(model_dir) / METADATA_FILE
     try:
-        raw: dict[str, Any] = json.loads(path.read_text("utf-8"))
+        text = path.read_bytes()
     except FileNotFoundError as exc:
         raise ModelFormatError(f"{path} is missing: not a dreambot model folder") from exc
-    except ValueError as exc:
+    try:
+        raw: Any = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFormatError(f"{path} is not valid JSON") from exc
-    if raw.get("format") != FORMAT or raw.get("version") != VERSION:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
         raise ModelFormatError(f"{path} is not a version {VERSION} {FORMAT} file")
     fields = {f.name for f in dataclasses.fields(ModelMetadata)}
     try:
@@ -150,6 +152,24 @@ def _read_weights(model_dir: Path, meta: ModelMetadata) -> dict[str, np.ndarray]
         return {k: arrays[k] for k in arrays.files}
 
 
+def _full_weights(weights: dict[str, np.ndarray], unet: Any, model_dir: Path) -> list[np.ndarray]:
+    """The UNet weights of a full export in model order, checked against ``unet``'s shapes."""
+    shapes = [tuple(w.shape) for w in unet.weights]
+    names = [f"w{i:05d}" for i in range(len(shapes))]
+    if sorted(weights) != names:
+        raise ModelFormatError(
+            f"{model_dir / WEIGHT_FILES['full']} holds {len(weights)} arrays; the base UNet has "
+            f"{len(shapes)} weights"
+        )
+    for name, shape in zip(names, shapes, strict=True):
+        if tuple(weights[name].shape) != shape:
+            raise ModelFormatError(
+                f"{model_dir / WEIGHT_FILES['full']}: {name} has shape "
+                f"{tuple(weights[name].shape)}, the base UNet's weight is {shape}"
+            )
+    return [weights[name].astype(np.float32) for name in names]
+
+
 def load_model(
     model_dir: Path | str,
     *,
@@ -160,7 +180,9 @@ def load_model(
     """A new :class:`Preset` whose UNet carries the trained weights (LoRA merged in).
 
     ``base`` (the worker's already-loaded base model) is shared, never modified; without it the
-    base is built from the metadata's preset, resolution and seed.
+    base is built from the metadata's preset, resolution and seed. A folder that is incomplete,
+    altered or made for another base raises :class:`ModelFormatError` (for LoRA factors that do
+    not fit, its user-facing subclass :class:`~trainer.errors.LoraMismatch`).
     """
     model_dir = Path(model_dir)
     meta = read_metadata(model_dir)
@@ -182,22 +204,18 @@ def load_model(
             f"model was trained on {meta.preset} ({meta.base_weights_id}, {meta.resolution}px); "
             f"the base given is {base.name} ({base.weights_id}, {base.resolution}px)"
         )
+    # Full weights are checked against the base's shapes before building the copy they go into.
+    full = _full_weights(weights, base.diffusion_model, model_dir) if meta.method == "full" else []
     unet = copy_diffusion_model(base)
     text_encoder = base.text_encoder
-    try:
-        if meta.method == "lora":
-            text = {
-                k[len(TEXT_PREFIX) :]: v for k, v in weights.items() if k.startswith(TEXT_PREFIX)
-            }
-            apply_lora(unet, {k: v for k, v in weights.items() if not k.startswith(TEXT_PREFIX)})
-            if text:
-                text_encoder = copy_text_encoder(base)
-                apply_lora(text_encoder, text)
-        else:
-            ordered = [weights[f"w{i:05d}"] for i in range(len(weights))]
-            unet.set_weights([w.astype(np.float32) for w in ordered])
-    except (ValueError, KeyError) as exc:
-        raise ModelFormatError(f"weights in {model_dir} do not fit the base model: {exc}") from exc
+    if meta.method == "lora":
+        text = {k[len(TEXT_PREFIX) :]: v for k, v in weights.items() if k.startswith(TEXT_PREFIX)}
+        apply_lora(unet, {k: v for k, v in weights.items() if not k.startswith(TEXT_PREFIX)})
+        if text:
+            text_encoder = copy_text_encoder(base)
+            apply_lora(text_encoder, text)
+    else:
+        unet.set_weights(full)
     return dataclasses.replace(
         base, diffusion_model=unet, text_encoder=text_encoder, _posterior=None
     )

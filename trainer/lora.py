@@ -4,6 +4,10 @@ Keras 3 ``Dense.enable_lora`` adds ``lora_kernel_a`` / ``lora_kernel_b`` and fre
 the trainer then trains only variables whose path contains ``lora``. Export keys each projection
 by its position in a fixed walk of the model (not by Keras' auto-generated layer names, which
 depend on what else the process built), so a file written in one process applies in another.
+
+Factors that do not fit a model (a file trained on another base) raise
+:class:`~trainer.errors.LoraMismatch`, a user-facing error. Asking to adapt or extract a model
+without attention layers is a programming error and stays a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from collections.abc import Mapping
 
 import keras
 import numpy as np
+
+from trainer.errors import LoraMismatch
 
 __all__ = [
     "ATTENTION_CLASSES",
@@ -80,24 +86,38 @@ def extract_lora(model: keras.Model, dtype: str = "float16") -> dict[str, np.nda
 def apply_lora(model: keras.Model, factors: Mapping[str, np.ndarray]) -> int:
     """Merge LoRA factors into the kernels of a plain model (kernel += scale * A @ B).
 
-    A merged model runs exactly like a LoRA-enabled one at no extra cost per call. Raises
-    ``ValueError`` when the factors do not fit the model's projections.
+    A merged model runs exactly like a LoRA-enabled one at no extra cost per call. Every factor
+    is checked before any kernel changes, so factors that do not fit raise
+    :class:`LoraMismatch` and leave the model as it was.
     """
     layers = dict(attention_projections(model))
-    wanted = {k.rsplit(".", 1)[0] for k in factors}
-    missing = sorted(wanted - set(layers))
+    wanted = sorted({k.rsplit(".", 1)[0] for k in factors})
+    missing = [key for key in wanted if key not in layers]
     if missing:
-        raise ValueError(f"LoRA factors name projections this model lacks: {missing[:3]}")
-    for key in sorted(wanted):
-        dense = layers[key]
-        a = np.asarray(factors[f"{key}.a"], dtype=np.float32)
-        b = np.asarray(factors[f"{key}.b"], dtype=np.float32)
-        scale = float(factors[f"{key}.scale"])
-        kernel = dense._kernel
-        if (a.shape[0], b.shape[1]) != tuple(kernel.shape):
-            raise ValueError(
-                f"LoRA factors for {key} have shape {a.shape}x{b.shape}, kernel is {kernel.shape}"
+        raise LoraMismatch(
+            f"The LoRA weights adapt {len(missing)} attention layers that {model.name} does not "
+            f"have (e.g. {', '.join(missing[:3])}): they were trained on a different base model."
+        )
+    deltas = []
+    for key in wanted:
+        parts = [f"{key}.{part}" for part in ("a", "b", "scale")]
+        absent = [name for name in parts if name not in factors]
+        if absent:
+            raise LoraMismatch(
+                f"The LoRA weights are incomplete: {', '.join(absent)} is missing, so the file "
+                "was cut short or edited."
             )
-        delta = scale * (a @ b)
+        a = np.asarray(factors[parts[0]], dtype=np.float32)
+        b = np.asarray(factors[parts[1]], dtype=np.float32)
+        kernel = layers[key]._kernel
+        fits = a.ndim == b.ndim == 2 and a.shape[1] == b.shape[0]
+        if not fits or (a.shape[0], b.shape[1]) != tuple(kernel.shape):
+            raise LoraMismatch(
+                f"The LoRA weights for {key} have shape {a.shape} x {b.shape}, but that layer of "
+                f"{model.name} is {tuple(kernel.shape)}: they were trained on a different base "
+                "model."
+            )
+        deltas.append((kernel, float(factors[parts[2]]) * (a @ b)))
+    for kernel, delta in deltas:
         kernel.assign(np.asarray(kernel.numpy(), dtype=np.float32) + delta)
     return len(wanted)

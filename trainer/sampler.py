@@ -13,8 +13,9 @@ sampler keeps KerasCV's schedule and update arithmetic exactly, but:
   batch depends only on ``seeds[i]`` (``[s1, s2]`` gives the same ``s1`` image as ``[s1]``);
 - reads the pad id and the prompt length from the tokenizer and the text encoder.
 
-Over-long prompts raise :class:`PromptTooLong` (a ``UserFacingError``) instead of being
-truncated: silently dropping the end of a prompt changes the picture without telling the person.
+The noise schedule, the timestep embedding and tokenising are the trainer's own (from
+:mod:`trainer.presets`), so what was trained is what is sampled. Over-long prompts raise
+:class:`~trainer.errors.PromptTooLong` (a ``UserFacingError``) instead of being truncated.
 """
 
 from __future__ import annotations
@@ -29,60 +30,31 @@ import tensorflow as tf
 from PIL import Image
 
 from storage.errors import UserFacingError
+from trainer.errors import PromptTooLong
+from trainer.presets import TRAIN_TIMESTEPS, alphas_cumprod_schedule, timestep_embedding, tokenize
 
 __all__ = [
     "MAX_IMAGES",
     "PromptTooLong",
     "Sampler",
     "ddim_timesteps",
-    "default_alphas_cumprod",
     "encode_png",
-    "timestep_embeddings",
 ]
 
 MAX_IMAGES = 4
 """Images per request: what one Discord message shows well and one GPU batch holds."""
 
 MAX_STEPS = 1000
-_TRAIN_TIMESTEPS = 1000
 _MAX_SEED = 2**63 - 1
 
 ProgressFn = Callable[[int, int], None]
 """Called after each denoising step with ``(steps_done, steps_total)``."""
 
 
-class PromptTooLong(UserFacingError):
-    """The prompt does not fit the text encoder's context."""
-
-    def __init__(self, which: str, tokens: int, limit: int) -> None:
-        super().__init__(
-            f"The {which} is too long: it is {tokens} tokens and at most {limit} fit. "
-            "Please shorten it.",
-            code="prompt_too_long",
-        )
-
-
-def default_alphas_cumprod() -> np.ndarray:
-    """Stable Diffusion v1's scaled-linear schedule (KerasCV's ``_ALPHAS_CUMPROD`` to 1e-7)."""
-    betas = np.linspace(0.00085**0.5, 0.012**0.5, _TRAIN_TIMESTEPS, dtype=np.float64) ** 2
-    return np.cumprod(1.0 - betas)
-
-
 def ddim_timesteps(steps: int) -> np.ndarray:
     """The timesteps KerasCV visits (ascending; sampling walks them backwards)."""
-    ratio = (_TRAIN_TIMESTEPS - 1) / (steps - 1) if steps > 1 else _TRAIN_TIMESTEPS
+    ratio = (TRAIN_TIMESTEPS - 1) / (steps - 1) if steps > 1 else TRAIN_TIMESTEPS
     return np.asarray((np.arange(0, steps) * ratio).round().astype(np.int64))
-
-
-def timestep_embeddings(timesteps: np.ndarray, dim: int, max_period: int = 10000) -> tf.Tensor:
-    """Sinusoidal embeddings for all timesteps at once, ``[len(timesteps), dim]``.
-
-    Same float32 arithmetic as KerasCV's per-step ``_get_timestep_embedding``.
-    """
-    half = dim // 2
-    freqs = tf.exp(-math.log(max_period) * tf.cast(tf.range(0, half), tf.float32) / half)
-    args = tf.cast(tf.convert_to_tensor(timesteps)[:, None], tf.float32) * freqs[None, :]
-    return tf.concat([tf.cos(args), tf.sin(args)], axis=1)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -132,7 +104,7 @@ class Sampler:
             raise ValueError("the diffusion model must be a built functional model")
         self.latent_shape = tuple(int(d) for d in diffusion_model.inputs[0].shape[1:])
         self.embedding_dim = int(diffusion_model.inputs[1].shape[-1])
-        alphas = default_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+        alphas = alphas_cumprod_schedule() if alphas_cumprod is None else alphas_cumprod
         self.alphas_cumprod = np.asarray(alphas, dtype=np.float64)
         self._positions = tf.range(self.max_prompt_length, dtype=tf.int32)[None, :]
         self._contexts: dict[str, tf.Tensor] = {}
@@ -192,10 +164,10 @@ class Sampler:
 
     def tokens(self, prompt: str, *, which: str = "prompt") -> list[int]:
         """Token ids padded to the encoder's length; raises :class:`PromptTooLong`."""
-        ids = list(self.tokenizer.encode(prompt))
-        if len(ids) > self.max_prompt_length:
-            raise PromptTooLong(which, len(ids), self.max_prompt_length)
-        return ids + [self.pad_id] * (self.max_prompt_length - len(ids))
+        ids = tokenize(
+            self.tokenizer, [prompt], length=self.max_prompt_length, pad_id=self.pad_id, which=which
+        )
+        return [int(i) for i in ids[0]]
 
     def _encode_tokens(self, tokens: tf.Tensor) -> tf.Tensor:
         return tf.cast(self.text_encoder([tokens, self._positions], training=False), tf.float32)
@@ -279,7 +251,7 @@ class Sampler:
             ],
             axis=1,
         ).astype(np.float32)
-        embeddings = timestep_embeddings(timesteps, self.embedding_dim)
+        embeddings = timestep_embedding(timesteps, self.embedding_dim)
         cached = (embeddings[::-1], tf.constant(coeffs[::-1].copy()))
         self._schedules[steps] = cached
         return cached

@@ -1,7 +1,9 @@
 """Shared TensorFlow fixtures: the tiny preset and one short LoRA run, built once per session.
 
-A first traced training step costs 30-50 s on a small CPU, so every test that needs a trained
+A first traced training step costs 15-50 s on a small CPU, so every test that needs a trained
 model reuses ``lora_run`` (and ``full_run`` for full fine-tuning) instead of training its own.
+They run without XLA (``jit_compile=False``): compiling costs more than a few steps save, and
+one test (``test_dreambooth.py::test_xla_step_matches_eager``) checks XLA against them.
 Nothing here may be mutated by a test unless the test restores it.
 """
 
@@ -111,7 +113,13 @@ def lora_run(tiny_preset: Any, tiny_data: Any, tmp_path_factory: pytest.TempPath
 
     # A high rate so six steps move the outputs well past float16 export noise.
     config = TrainConfig(
-        method="lora", steps=6, batch_size=1, learning_rate=1e-3, checkpoint_every=3, seed=0
+        method="lora",
+        steps=6,
+        batch_size=1,
+        learning_rate=1e-3,
+        checkpoint_every=3,
+        seed=0,
+        jit_compile=False,
     )
     return _run(tiny_preset, tiny_data, config, tmp_path_factory.mktemp("lora-ckpt"))
 
@@ -122,7 +130,13 @@ def full_run(tiny_preset: Any, tiny_data: Any, tmp_path_factory: pytest.TempPath
     from trainer.dreambooth import TrainConfig
 
     config = TrainConfig(
-        method="full", steps=2, batch_size=1, learning_rate=1e-4, checkpoint_every=100, seed=0
+        method="full",
+        steps=2,
+        batch_size=1,
+        learning_rate=1e-4,
+        checkpoint_every=100,
+        seed=0,
+        jit_compile=False,
     )
     return _run(tiny_preset, tiny_data, config, tmp_path_factory.mktemp("full-ckpt"))
 

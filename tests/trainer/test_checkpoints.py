@@ -34,6 +34,11 @@ def _state(trainer: Any) -> list[np.ndarray]:
     return [np.array(v.numpy()) for v in trainer.trained_variables]
 
 
+def _full_state(trainer: Any) -> list[np.ndarray]:
+    """Trained and optimizer variables: everything a checkpoint holds."""
+    return [np.array(v.numpy()) for v in [*trainer.trained_variables, *trainer.optimizer.variables]]
+
+
 def test_resume_reaches_the_uninterrupted_result(lora_run: Any, tiny_data: Any) -> None:
     tr = lora_run.trainer
     final = _state(tr)
@@ -68,7 +73,7 @@ def test_blob_store_sink_round_trips(lora_run: Any, tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path.as_uri())
     store = BlobCheckpointStore(blobs, "job-1")
     assert load_checkpoint(store, tr) is None
-    want = [np.array(v.numpy()) for v in [*tr.trained_variables, *tr.optimizer.variables]]
+    want = _full_state(tr)
     save_checkpoint(store, tr, 5)
     save_checkpoint(store, tr, 6)
     assert blobs.list(keys.checkpoint_prefix("job-1")) == [
@@ -77,15 +82,19 @@ def test_blob_store_sink_round_trips(lora_run: Any, tmp_path: Path) -> None:
     ]
     _scramble(tr)
     assert load_checkpoint(store, tr) == 6
-    got = [np.array(v.numpy()) for v in [*tr.trained_variables, *tr.optimizer.variables]]
-    for g, w in zip(got, want, strict=True):
+    for g, w in zip(_full_state(tr), want, strict=True):
         np.testing.assert_array_equal(g, w)
 
 
 def test_memory_blob_store_sink(lora_run: Any) -> None:
+    tr = lora_run.trainer
     store = BlobCheckpointStore(BlobStore("memory://dreambot-ckpt-test"), "job-2")
-    save_checkpoint(store, lora_run.trainer, 1)
-    assert load_checkpoint(store, lora_run.trainer) == 1
+    saved = _full_state(tr)
+    save_checkpoint(store, tr, 1)
+    _scramble(tr)
+    assert load_checkpoint(store, tr) == 1
+    for got, want in zip(_full_state(tr), saved, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_corrupt_or_foreign_checkpoints_are_refused(lora_run: Any, tmp_path: Path) -> None:
@@ -102,3 +111,8 @@ def test_corrupt_or_foreign_checkpoints_are_refused(lora_run: Any, tmp_path: Pat
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="different run"):
         load_checkpoint(store, tr)
+
+    for broken, why in ((b"\xff{", "not valid JSON"), (b"[]", "lacks"), (b"{}", "lacks")):
+        (tmp_path / MANIFEST).write_bytes(broken)
+        with pytest.raises(CheckpointError, match=why):
+            load_checkpoint(store, tr)

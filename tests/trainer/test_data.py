@@ -47,15 +47,28 @@ def test_posteriors_reject_wrong_size(tiny_preset: Any) -> None:
         encode_posteriors(tiny_preset, np.zeros((1, 32, 32, 3), np.uint8))
 
 
-def test_batches_are_a_function_of_step(tiny_data: Any) -> None:
+def test_batches_and_draws_are_a_function_of_step(tiny_data: Any) -> None:
+    """Photos, flips, noise and timesteps of step k: the same however the dataset started."""
     first = list(make_dataset(tiny_data, 2, seed=5).take(6).as_numpy_iterator())
     resumed = list(make_dataset(tiny_data, 2, seed=5, start_step=3).take(3).as_numpy_iterator())
+    keys = {"step", "instance", "class", "latent_noise", "noise", "timesteps"}
     for a, b in zip(first[3:], resumed, strict=True):
-        assert a["step"] == b["step"]
-        np.testing.assert_array_equal(a["instance"], b["instance"])
-        np.testing.assert_array_equal(a["class"], b["class"])
+        assert a.keys() == b.keys() == keys
+        for key in keys:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert not np.array_equal(first[0]["noise"], first[1]["noise"])
     other = next(make_dataset(tiny_data, 2, seed=6).take(1).as_numpy_iterator())
-    assert not np.array_equal(other["class"], first[0]["class"])
+    for key in ("class", "latent_noise", "noise", "timesteps"):
+        assert not np.array_equal(other[key], first[0][key]), key
+
+
+def test_draws_cover_every_unet_sample(tiny_data: Any) -> None:
+    with_prior = next(make_dataset(tiny_data, 3).as_numpy_iterator())
+    assert with_prior["noise"].shape == with_prior["latent_noise"].shape == (6, 8, 8, 4)
+    assert with_prior["timesteps"].shape == (6,)
+    assert with_prior["timesteps"].min() >= 0 and with_prior["timesteps"].max() < 1000
+    alone = next(make_dataset(tiny_data, 3, prior=False, timesteps=10).as_numpy_iterator())
+    assert alone["noise"].shape == (3, 8, 8, 4) and alone["timesteps"].max() < 10
 
 
 def test_one_epoch_pairs_every_class_image_once(tiny_data: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -83,28 +84,59 @@ def test_full_export_round_trips(full_run: Any, tiny_preset: Any, tmp_path: Path
     np.testing.assert_allclose(np.asarray(loaded.diffusion_model(inputs)), want, atol=FULL_ATOL)
 
 
-def test_load_refuses_wrong_base_and_tampering(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_load_refuses_wrong_base_and_tampering(
+    tiny_model_dir: Path, tiny_preset: Any, tmp_path: Path
+) -> None:
     copy = tmp_path / "m"
     shutil.copytree(tiny_model_dir, copy)
+    assert load_model(copy, base=tiny_preset).name == "tiny"  # the untouched copy loads
     meta = json.loads((copy / METADATA_FILE).read_text())
     meta["base_weights_id"] = "tiny-seed7-r64"
     (copy / METADATA_FILE).write_text(json.dumps(meta))
     with pytest.raises(ModelFormatError, match="trained on"):
-        load_model(copy, base=_FakeBase())  # type: ignore[arg-type]
+        load_model(copy, base=tiny_preset)
     (copy / "lora.npz").write_bytes(b"x" + (copy / "lora.npz").read_bytes()[1:])
     with pytest.raises(ModelFormatError, match="sha256"):
-        load_model(copy, base=_FakeBase())  # type: ignore[arg-type]
+        load_model(copy, base=tiny_preset)
+    (copy / METADATA_FILE).write_bytes(b"\xff not json")
+    with pytest.raises(ModelFormatError, match="not valid JSON"):
+        read_metadata(copy)
+    (copy / METADATA_FILE).write_text("[1, 2]")
+    with pytest.raises(ModelFormatError, match="not a version 1"):
+        read_metadata(copy)
     (copy / METADATA_FILE).unlink()
     with pytest.raises(ModelFormatError, match="not a dreambot model"):
         read_metadata(copy)
 
 
-class _FakeBase:
-    """Only what load_model checks before touching weights."""
+def test_full_weights_that_do_not_fit_the_base_are_refused(
+    full_run: Any, tiny_preset: Any, tmp_path: Path
+) -> None:
+    import hashlib
 
-    name = "tiny"
-    resolution = 64
-    weights_id = "tiny-seed0-r64"
+    export_model(
+        full_run.trainer,
+        tiny_preset,
+        tmp_path,
+        identifier="sks",
+        class_name="dog",
+        instance_prompt="a photo of sks dog",
+        steps=2,
+    )
+    with np.load(tmp_path / "unet.npz") as arrays:
+        weights = {k: arrays[k] for k in arrays.files}
+    meta = json.loads((tmp_path / METADATA_FILE).read_text())
+    for broken, why in (
+        ({k: v for k, v in weights.items() if k != "w00003"}, "holds"),
+        ({**weights, "w00003": np.zeros((2, 2), np.float32)}, "has shape"),
+    ):
+        buf = io.BytesIO()
+        np.savez(buf, **broken)
+        (tmp_path / "unet.npz").write_bytes(buf.getvalue())
+        meta["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+        (tmp_path / METADATA_FILE).write_text(json.dumps(meta))
+        with pytest.raises(ModelFormatError, match=why):
+            load_model(tmp_path, base=tiny_preset)
 
 
 def test_upload_to_blob_store(tiny_model_dir: Path) -> None:

@@ -21,6 +21,9 @@ import pytest
 
 from tests.trainer.conftest import CLASS_PROMPT, INSTANCE_PROMPT, checker_images, class_like_images
 
+# Hundreds of steps each (with XLA, the trainer's default): minutes, so only in `make ci`.
+pytestmark = pytest.mark.slow
+
 VAE_STEPS = 100
 PRETRAIN_STEPS = 300
 TRAIN_STEPS = 600

@@ -10,6 +10,9 @@ import pytest
 
 from trainer.dreambooth import TrainConfig, make_trainer
 
+# A fresh trainer traced per precision (~20 s each here): only in `make ci`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize(
     ("precision", "compute"), [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")]
@@ -17,7 +20,14 @@ from trainer.dreambooth import TrainConfig, make_trainer
 def test_mixed_precision_lora_trains_with_finite_loss(
     tiny_preset: Any, tiny_data: Any, precision: str, compute: str
 ) -> None:
-    config = TrainConfig(method="lora", steps=4, batch_size=1, precision=precision, seed=5)  # type: ignore[arg-type]
+    config = TrainConfig(
+        method="lora",
+        steps=4,
+        batch_size=1,
+        precision=precision,  # type: ignore[arg-type]
+        seed=5,
+        jit_compile=False,
+    )
     trainer = make_trainer(tiny_preset, tiny_data, config)
     dtypes = {layer.compute_dtype for layer in trainer.diffusion_model.layers if layer.weights}
     assert compute in dtypes

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from storage.errors import ConfigError, UserFacingError
-from trainer.errors import WeightsNotFound
+from trainer.errors import PromptTooLong, WeightsNotFound
 from trainer.presets import (
     SD_V1_FILES,
+    alphas_cumprod_schedule,
     build_preset,
     kerascv_pipeline,
     timestep_embedding,
@@ -50,9 +51,14 @@ def test_tiny_model_shapes(tiny_preset: Any) -> None:
 
 
 def test_prompt_too_long_is_a_user_error(tiny_preset: Any) -> None:
-    with pytest.raises(UserFacingError) as info:
-        tiny_preset.tokenize(["dog " * 80])
-    assert info.value.code == "prompt_too_long"
+    with pytest.raises(PromptTooLong) as info:
+        tiny_preset.tokenize(["a photo of sks dog", "dog " * 80])
+    assert isinstance(info.value, UserFacingError) and info.value.code == "prompt_too_long"
+    assert info.value.message == (
+        "The prompt is too long: it is 82 tokens and at most 77 fit. Please shorten it."
+    )
+    assert (info.value.tokens, info.value.limit) == (82, 77)  # 80 words, start and end
+    assert len(tiny_preset.tokenize(["dog " * 75])[0]) == 77  # exactly full still fits
 
 
 def test_timestep_embedding_and_schedule_match_kerascv(tiny_preset: Any) -> None:
@@ -63,7 +69,8 @@ def test_timestep_embedding_and_schedule_match_kerascv(tiny_preset: Any) -> None
     for row, t in zip(ours, [0, 17, 500, 999], strict=True):
         np.testing.assert_allclose(row, sd._get_timestep_embedding(t, 1)[0], atol=1e-5)
     theirs, _ = sd._get_initial_alphas(list(range(1000)))
-    np.testing.assert_allclose(tiny_preset.alphas_cumprod, theirs, atol=1e-6)
+    np.testing.assert_allclose(alphas_cumprod_schedule(), theirs, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(tiny_preset.alphas_cumprod, alphas_cumprod_schedule())
 
 
 def test_kerascv_pipeline_runs_tiny_weights(tiny_preset: Any) -> None:

@@ -11,8 +11,9 @@ import tensorflow as tf
 from PIL import Image
 
 from storage.errors import UserFacingError
+from trainer.errors import PromptTooLong
 from trainer.presets import kerascv_pipeline
-from trainer.sampler import PromptTooLong, Sampler, ddim_timesteps
+from trainer.sampler import Sampler, ddim_timesteps
 
 PROMPT = "a photo of sks dog"
 KERASCV_PAD_ID = 49407
@@ -48,6 +49,7 @@ def test_ids_and_length_come_from_the_tokenizer(sampler: Sampler, tiny_preset: A
     assert len(tokens) == sampler.max_prompt_length
     assert tokens[: len(ids)] == ids
     assert set(tokens[len(ids) :]) == {sampler.pad_id}
+    assert tokens == tiny_preset.tokenize([PROMPT])[0].tolist()  # what training saw
 
 
 def test_overlong_prompt_is_refused_with_a_clear_message(sampler: Sampler) -> None:
@@ -55,8 +57,9 @@ def test_overlong_prompt_is_refused_with_a_clear_message(sampler: Sampler) -> No
     with pytest.raises(PromptTooLong) as info:
         sampler.generate(long_prompt, seeds=[0], steps=1)
     assert info.value.code == "prompt_too_long"
+    assert info.value.message.startswith("The prompt is too long")
     assert f"at most {sampler.max_prompt_length}" in info.value.message
-    with pytest.raises(PromptTooLong, match="negative prompt"):
+    with pytest.raises(PromptTooLong, match="The negative prompt is too long"):
         sampler.generate(PROMPT, seeds=[0], steps=1, negative_prompt=long_prompt)
 
 

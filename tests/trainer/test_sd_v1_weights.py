@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+# Real-size models: gigabytes and minutes, so only in `make ci`.
+pytestmark = pytest.mark.slow
+
 MODELS = ("diffusion_model", "image_encoder", "decoder", "text_encoder")
 
 
@@ -56,7 +59,6 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     return folder, prints
 
 
-@pytest.mark.slow
 def test_sd_v1_loads_every_model_from_weights_dir(weights_dir: tuple[Path, Any]) -> None:
     from trainer.presets import build_preset
 
@@ -68,7 +70,6 @@ def test_sd_v1_loads_every_model_from_weights_dir(weights_dir: tuple[Path, Any])
     assert loaded.tokenizer.encode("a photo of sks dog")  # the vocab came from WEIGHTS_DIR
 
 
-@pytest.mark.slow
 def test_a_wrong_weight_file_is_named(weights_dir: tuple[Path, Any], tmp_path: Path) -> None:
     from trainer.errors import WeightsNotFound
     from trainer.presets import build_preset

@@ -21,10 +21,12 @@ from trainer.presets.base import (
     LATENT_SCALE,
     PRESETS,
     TIMESTEP_DIM,
+    TRAIN_TIMESTEPS,
     Preset,
     PresetSpec,
-    noise_scheduler,
+    alphas_cumprod_schedule,
     timestep_embedding,
+    tokenize,
 )
 from trainer.presets.models import (
     build_autoencoder,
@@ -42,14 +44,17 @@ __all__ = [
     "PRESETS",
     "SD_V1_FILES",
     "TIMESTEP_DIM",
+    "TRAIN_TIMESTEPS",
     "Preset",
     "PresetSpec",
+    "alphas_cumprod_schedule",
     "build_autoencoder",
     "build_diffusion_model",
     "build_preset",
     "build_text_encoder",
     "kerascv_pipeline",
     "timestep_embedding",
+    "tokenize",
     "write_bpe_vocab",
 ]
 
@@ -70,7 +75,6 @@ def _build_tiny(
         diffusion_model=unet,
         image_encoder=image_encoder,
         decoder=decoder,
-        noise_scheduler=noise_scheduler(),
         weights_id=f"tiny-seed{seed}-r{spec.resolution}",
     )
 

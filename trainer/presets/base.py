@@ -1,4 +1,10 @@
-"""What every preset exposes: its shapes (PresetSpec) and its built models (Preset)."""
+"""What every preset exposes: its shapes (PresetSpec) and its built models (Preset).
+
+The diffusion facts the trainer and the sampler must agree on live here once: the noise
+schedule (:func:`alphas_cumprod_schedule`), the timestep embedding (:func:`timestep_embedding`)
+and prompt tokenising (:func:`tokenize`, which refuses over-long prompts with
+:class:`~trainer.errors.PromptTooLong`). Nothing here but the tokenizer type needs KerasCV.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +15,24 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras_cv.src.models.stable_diffusion.clip_tokenizer import SimpleTokenizer
-from keras_cv.src.models.stable_diffusion.noise_scheduler import NoiseScheduler
 
-from storage.errors import UserFacingError
+from trainer.errors import PromptTooLong
 
 __all__ = [
     "LATENT_SCALE",
     "PRESETS",
     "TIMESTEP_DIM",
+    "TRAIN_TIMESTEPS",
     "Preset",
     "PresetSpec",
-    "noise_scheduler",
+    "alphas_cumprod_schedule",
     "timestep_embedding",
+    "tokenize",
 ]
 
 LATENT_SCALE = 0.18215
 TIMESTEP_DIM = 320
+TRAIN_TIMESTEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -81,10 +89,23 @@ PRESETS: dict[str, PresetSpec] = {
 }
 
 
-def timestep_embedding(timesteps: tf.Tensor, dim: int = TIMESTEP_DIM) -> tf.Tensor:
+def alphas_cumprod_schedule() -> np.ndarray:
+    """Stable Diffusion v1's scaled-linear schedule, float64[1000].
+
+    Computed in float64, it matches KerasCV's sampler constants (``_ALPHAS_CUMPROD``) to 6e-8;
+    KerasCV's ``NoiseScheduler`` runs the same formula in float32 and is off by 3e-7.
+    """
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, TRAIN_TIMESTEPS, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
+def timestep_embedding(
+    timesteps: tf.Tensor | np.ndarray | Sequence[int], dim: int = TIMESTEP_DIM
+) -> tf.Tensor:
     """Sinusoidal embedding of a batch of timesteps, [B] -> [B, dim], in one vectorised op.
 
-    Same formula as KerasCV's sampler (cosines first), so weights trained here sample there.
+    Same float32 arithmetic as KerasCV's per-step ``_get_timestep_embedding`` (cosines first),
+    so weights trained here sample there. The trainer and the sampler both call this.
     """
     half = dim // 2
     freqs = tf.exp(-np.log(10000.0) * tf.range(half, dtype=tf.float32) / half)
@@ -92,9 +113,31 @@ def timestep_embedding(timesteps: tf.Tensor, dim: int = TIMESTEP_DIM) -> tf.Tens
     return tf.concat([tf.cos(args), tf.sin(args)], axis=-1)
 
 
+def tokenize(
+    tokenizer: SimpleTokenizer,
+    prompts: Sequence[str],
+    *,
+    length: int,
+    pad_id: int,
+    which: str = "prompt",
+) -> np.ndarray:
+    """Token ids int32[B, length], padded with ``pad_id``; raises :class:`PromptTooLong`.
+
+    ``which`` names the prompt in the error ("negative prompt"), so the person knows which one
+    to shorten.
+    """
+    rows = []
+    for prompt in prompts:
+        ids = list(tokenizer.encode(prompt))
+        if len(ids) > length:
+            raise PromptTooLong(len(ids), length, which=which)
+        rows.append(ids + [pad_id] * (length - len(ids)))
+    return np.asarray(rows, dtype=np.int32).reshape(len(rows), length)
+
+
 @dataclass(eq=False)
 class Preset:
-    """A built base model: tokenizer, encoders, UNet, decoder and noise schedule."""
+    """A built base model: tokenizer, encoders, UNet and decoder (the schedule is shared)."""
 
     spec: PresetSpec
     tokenizer: SimpleTokenizer
@@ -102,7 +145,6 @@ class Preset:
     diffusion_model: keras.Model
     image_encoder: keras.Model
     decoder: keras.Model
-    noise_scheduler: NoiseScheduler
     weights_id: str
     _posterior: keras.Model | None = field(default=None, repr=False)
 
@@ -141,8 +183,8 @@ class Preset:
 
     @property
     def alphas_cumprod(self) -> np.ndarray:
-        """Cumulative alphas of the training schedule (float32[1000]); the sampler uses these."""
-        return np.asarray(self.noise_scheduler.alphas_cumprod, dtype=np.float32)
+        """Cumulative alphas of the training schedule (float64[1000]), for trainer and sampler."""
+        return alphas_cumprod_schedule()
 
     @property
     def posterior_encoder(self) -> keras.Model:
@@ -152,19 +194,11 @@ class Preset:
             self._posterior = keras.Model(enc.inputs, enc.layers[-2].output)
         return self._posterior
 
-    def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
-        """Token ids [B, max_prompt_length], padded with ``pad_id``."""
-        length = self.max_prompt_length
-        rows = []
-        for prompt in prompts:
-            ids = self.tokenizer.encode(prompt)
-            if len(ids) > length:
-                raise UserFacingError(
-                    f"The prompt is too long ({len(ids)} tokens, at most {length}).",
-                    code="prompt_too_long",
-                )
-            rows.append(ids + [self.pad_id] * (length - len(ids)))
-        return np.asarray(rows, dtype=np.int32)
+    def tokenize(self, prompts: Sequence[str], *, which: str = "prompt") -> np.ndarray:
+        """Token ids [B, max_prompt_length], padded with ``pad_id``; see :func:`tokenize`."""
+        return tokenize(
+            self.tokenizer, prompts, length=self.max_prompt_length, pad_id=self.pad_id, which=which
+        )
 
     def encode_tokens(self, tokens: np.ndarray | tf.Tensor) -> tf.Tensor:
         """Text-encoder context for token ids [B, L] -> [B, L, context_width]."""
@@ -177,14 +211,3 @@ class Preset:
     def encode_prompts(self, prompts: Sequence[str]) -> tf.Tensor:
         """Text-encoder context for a list of prompts."""
         return self.encode_tokens(self.tokenize(prompts))
-
-
-def noise_scheduler() -> NoiseScheduler:
-    """The schedule Stable Diffusion v1 was trained with (KerasCV's sampler constants match it)."""
-    return NoiseScheduler(
-        train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-    )

@@ -15,7 +15,7 @@ from keras_cv.src.models.stable_diffusion.text_encoder import TextEncoder
 
 from storage.errors import ConfigError
 from trainer.errors import WeightsNotFound
-from trainer.presets.base import Preset, PresetSpec, noise_scheduler
+from trainer.presets.base import Preset, PresetSpec
 from trainer.presets.models import build_diffusion_model
 
 __all__ = ["SD_V1_FILES", "build_sd_v1"]
@@ -124,6 +124,5 @@ def build_sd_v1(
         diffusion_model=unet,
         image_encoder=image_encoder,
         decoder=decoder,
-        noise_scheduler=noise_scheduler(),
         weights_id=weights_id,
     )
