@@ -22,7 +22,8 @@ from typing import Any
 
 from storage.blobs import BlobStore, keys
 from storage.errors import ConfigError, UserFacingError
-from trainer.sampler import MAX_IMAGES, Sampler, encode_png
+from storage.rules import MAX_IMAGES
+from trainer.sampler import Sampler, encode_png
 
 __all__ = [
     "GROUP_SIZE",

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from storage.rules import DEFAULT_LORA_RANK, DEFAULT_METHOD, DEFAULT_TRAIN_STEPS, Method
 from trainer.data import EncodedData, make_dataset, sample_latents
 from trainer.errors import InvalidTrainConfig
 from trainer.lora import enable_lora, lora_variables
@@ -34,7 +35,6 @@ __all__ = [
     "make_trainer",
 ]
 
-Method = Literal["lora", "full"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 
 # The reference DreamBooth's full fine-tuning rate; LoRA trains far fewer weights and needs more.
@@ -54,11 +54,11 @@ _POSITIVE_NUMBERS = {"learning_rate": "The learning rate", "lora_alpha": "The Lo
 class TrainConfig:
     """One training run. Defaults follow the reference DreamBooth (AdamW, clip 1.0)."""
 
-    method: Method = "lora"
-    steps: int = 800
+    method: Method = DEFAULT_METHOD
+    steps: int = DEFAULT_TRAIN_STEPS
     batch_size: int = 1
     learning_rate: float | None = None
-    lora_rank: int = 4
+    lora_rank: int = DEFAULT_LORA_RANK
     lora_alpha: float | None = None
     train_text_encoder: bool = False
     prior_loss_weight: float = 1.0

@@ -21,7 +21,6 @@ The noise schedule, the timestep embedding and tokenising are the trainer's own 
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,23 +28,17 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from storage.errors import UserFacingError
+from storage.rules import MAX_IMAGES, MAX_SAMPLER_STEPS, MAX_SEED, check_guidance, check_int
 from trainer.errors import PromptTooLong
 from trainer.presets import TRAIN_TIMESTEPS, alphas_cumprod_schedule, timestep_embedding, tokenize
 
 __all__ = [
-    "MAX_IMAGES",
     "PromptTooLong",
     "Sampler",
     "ddim_timesteps",
     "encode_png",
 ]
 
-MAX_IMAGES = 4
-"""Images per request: what one Discord message shows well and one GPU batch holds."""
-
-MAX_STEPS = 1000
-_MAX_SEED = 2**63 - 1
 
 ProgressFn = Callable[[int, int], None]
 """Called after each denoising step with ``(steps_done, steps_total)``."""
@@ -304,13 +297,9 @@ class Sampler:
 
     @staticmethod
     def _validate(seeds: Sequence[int], steps: int, guidance: float) -> None:
-        if not 1 <= len(seeds) <= MAX_IMAGES:
-            raise UserFacingError(
-                f"Ask for 1 to {MAX_IMAGES} images (got {len(seeds)}).", code="bad_image_count"
-            )
-        if any(not 0 <= int(s) <= _MAX_SEED for s in seeds):
-            raise UserFacingError(f"Seeds must be between 0 and {_MAX_SEED}.", code="bad_seed")
-        if not 1 <= steps <= MAX_STEPS:
-            raise UserFacingError(f"Steps must be between 1 and {MAX_STEPS}.", code="bad_steps")
-        if not math.isfinite(guidance) or guidance < 0:
-            raise UserFacingError("Guidance must be a number of 0 or more.", code="bad_guidance")
+        """The shared rules (storage.rules), so the sampler refuses what the CLI and bot refuse."""
+        check_int(len(seeds), "the number of images", 1, MAX_IMAGES)
+        for seed in seeds:
+            check_int(seed, "seed", 0, MAX_SEED)
+        check_int(steps, "steps", 1, MAX_SAMPLER_STEPS)
+        check_guidance(guidance)

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from keras_cv.src.models.stable_diffusion.clip_tokenizer import SimpleTokenizer
 
+from trainer.config import NATIVE_RESOLUTION
 from trainer.errors import PromptTooLong
 
 __all__ = [
@@ -66,7 +67,7 @@ class PresetSpec:
 PRESETS: dict[str, PresetSpec] = {
     "sd-v1": PresetSpec(
         name="sd-v1",
-        resolution=512,
+        resolution=NATIVE_RESOLUTION["sd-v1"],
         unet_widths=(320, 640, 1280, 1280),
         unet_layers_per_block=2,
         head_size=40,
@@ -77,7 +78,7 @@ PRESETS: dict[str, PresetSpec] = {
     ),
     "tiny": PresetSpec(
         name="tiny",
-        resolution=64,
+        resolution=NATIVE_RESOLUTION["tiny"],
         unet_widths=(32, 64),
         unet_layers_per_block=1,
         head_size=32,
