@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any, Self
 
 from storage.blobs import keys
-from storage.errors import StorageError
+from storage.errors import InvalidArgument, StorageError
 from storage.rules import (
     DEFAULT_CLASS_IMAGES,
     DEFAULT_GUIDANCE,
@@ -25,6 +25,17 @@ from storage.rules import (
     DEFAULT_METHOD,
     DEFAULT_SAMPLER_STEPS,
     DEFAULT_TRAIN_STEPS,
+    MAX_CLASS_IMAGES,
+    MAX_IMAGES,
+    MAX_LORA_RANK,
+    MAX_SAMPLER_STEPS,
+    MAX_SEED,
+    MAX_TRAIN_SEED,
+    MAX_TRAIN_STEPS,
+    check_guidance,
+    check_int,
+    check_method,
+    check_word,
 )
 
 __all__ = [
@@ -110,6 +121,18 @@ class TrainSpec(_Json):
     lora_rank: int = DEFAULT_LORA_RANK
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """The shared rules hold for every spec, whoever wrote it: a worker refuses a bad one
+        with the same message the CLI and the bot give, instead of training on it."""
+        for value, what in ((self.class_name, "class word"), (self.identifier, "identifier")):
+            if check_word(value, what) != value:
+                raise InvalidArgument(f"{what} {value!r} must be lower case")
+        check_method(self.method)
+        check_int(self.steps, "steps", 1, MAX_TRAIN_STEPS)
+        check_int(self.class_images, "class images", 0, MAX_CLASS_IMAGES)
+        check_int(self.lora_rank, "rank", 1, MAX_LORA_RANK)
+        check_int(self.seed, "seed", 0, MAX_TRAIN_SEED)
+
 
 @dataclass(frozen=True, slots=True)
 class GenerateSpec(_Json):
@@ -124,6 +147,13 @@ class GenerateSpec(_Json):
     steps: int = DEFAULT_SAMPLER_STEPS
     guidance: float = DEFAULT_GUIDANCE
     seeds: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_int(self.n_images, "the number of images", 1, MAX_IMAGES)
+        check_int(self.steps, "steps", 1, MAX_SAMPLER_STEPS)
+        check_guidance(self.guidance)
+        for seed in self.seeds:
+            check_int(seed, "seed", 0, MAX_SEED)
 
 
 @dataclass(frozen=True, slots=True)

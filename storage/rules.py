@@ -28,6 +28,7 @@ __all__ = [
     "MAX_LORA_RANK",
     "MAX_SAMPLER_STEPS",
     "MAX_SEED",
+    "MAX_TRAIN_SEED",
     "MAX_TRAIN_STEPS",
     "METHODS",
     "WORD_MAX_LENGTH",
@@ -57,6 +58,8 @@ DEFAULT_CLASS_IMAGES = 200
 MAX_CLASS_IMAGES = 1000
 DEFAULT_LORA_RANK = 4
 MAX_LORA_RANK = 128
+# A training seed keys every step's random draws together with the step number (int32 maths).
+MAX_TRAIN_SEED = 2**31 - 1
 
 # Generation: one sampler call draws at most MAX_IMAGES (a 2x2 grid in Discord).
 DEFAULT_IMAGES = 4

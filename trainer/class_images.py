@@ -22,7 +22,7 @@ from typing import Any
 
 from storage.blobs import BlobStore, keys
 from storage.errors import ConfigError, UserFacingError
-from storage.rules import MAX_IMAGES
+from storage.rules import MAX_CLASS_IMAGES, MAX_IMAGES
 from trainer.sampler import Sampler, encode_png
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
 GROUP_SIZE = MAX_IMAGES
 """Images per sampler call; fixed so the cache never depends on what was already there."""
 
-MAX_CLASS_IMAGES = 10_000
 
 ProgressFn = Callable[[int, int], None]
 """Called after each generated group with ``(images_written, images_missing)``."""

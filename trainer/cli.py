@@ -33,6 +33,7 @@ from storage.rules import (
     MAX_LORA_RANK,
     MAX_SAMPLER_STEPS,
     MAX_SEED,
+    MAX_TRAIN_SEED,
     MAX_TRAIN_STEPS,
     METHODS,
     argument,
@@ -170,7 +171,7 @@ def _register_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=_count("resolution", 64, 4096),
         help="pixels (default: TRAIN_RESOLUTION for sd-v1, the preset's own otherwise)",
     )
-    p.add_argument("--seed", type=_count("seed", 0, 2**31 - 1), default=0, help="default: 0")
+    p.add_argument("--seed", type=_count("seed", 0, MAX_TRAIN_SEED), default=0, help="default: 0")
     p.add_argument(
         "--batch-size", type=_count("batch size", 1, 64), default=1, help="photos per step (1)"
     )

@@ -12,7 +12,7 @@ step: XLA compiles TensorFlow's stateless Philox into other numbers than the CPU
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,18 +24,14 @@ from trainer.errors import TrainingDataError
 from trainer.presets import TRAIN_TIMESTEPS, Preset
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "EncodedData",
     "encode_posteriors",
     "encode_training_data",
-    "image_files",
     "load_image",
     "load_images",
     "make_dataset",
     "sample_latents",
 ]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def load_image(source: bytes | Path | str, resolution: int) -> np.ndarray:
@@ -212,8 +208,3 @@ def sample_latents(posterior: tf.Tensor, noise: tf.Tensor, scale: float) -> tf.T
     mean, logvar = tf.split(posterior, 2, axis=-1)
     logvar = tf.clip_by_value(logvar, -30.0, 20.0)
     return (mean + tf.exp(0.5 * logvar) * noise) * scale
-
-
-def image_files(directory: Path) -> Sequence[Path]:
-    """Picture files of a folder, sorted by name so runs are repeatable."""
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

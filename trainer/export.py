@@ -134,6 +134,8 @@ def read_metadata(model_dir: Path | str) -> ModelMetadata:
         raise ModelFormatError(f"{path} is not valid JSON") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
         raise ModelFormatError(f"{path} is not a version {VERSION} {FORMAT} file")
+    if "method" not in raw and "mode" in raw:  # folders written before `mode` became `method`
+        raw["method"] = raw.pop("mode")
     fields = {f.name for f in dataclasses.fields(ModelMetadata)}
     try:
         return ModelMetadata(**{k: v for k, v in raw.items() if k in fields})

@@ -8,6 +8,7 @@ brings TensorFlow, 1.8 GB, so it is covered by the import-graph test only.)
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -24,8 +25,20 @@ def bot_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     where = tmp_path_factory.mktemp("bot-venv")
     venv.create(where, with_pip=True)
     python = where / "bin" / "python"
+    # Install from a copy of the tracked files: building in the checkout would leave build/ there,
+    # and a stale build/lib could hide a module that no longer exists.
+    source = tmp_path_factory.mktemp("source")
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", f"{ROOT}[bot]"],
+        [str(python), "-m", "pip", "install", "--quiet", f"{source}[bot]"],
         check=True,
         timeout=900,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from typing import Any
 
 import pytest
 
-from storage.errors import StorageError
+from storage.errors import InvalidArgument, StorageError
 from storage.jobs import (
     GENERATE_FUNCTION,
     GENERATE_QUEUE,
@@ -51,12 +50,20 @@ def test_names_keys_and_progress() -> None:
     assert Progress("j", "queued").fraction == 0.0
 
 
-def test_storage_imports_no_tensorflow_bot_or_trainer() -> None:
-    code = (
-        "import sys, storage.jobs, storage.blobs, storage.repos, storage.db, storage.redis_server;"
-        "bad = [m for m in sys.modules if m.split('.')[0] in"
-        " ('tensorflow', 'keras', 'keras_cv', 'trainer', 'bot', 'discord')];"
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"class_name": "golden retriever"}, "not a valid class word"),
+        ({"identifier": "SKS"}, "identifier 'SKS' must be lower case"),
+        ({"method": "half"}, "method must be one of lora, full"),
+        ({"steps": 0}, "steps must be 1 to"),
+        ({"seed": -1}, "seed must be 0 to"),
+    ],
+)
+def test_a_spec_that_breaks_a_shared_rule_is_refused(change: dict[str, Any], message: str) -> None:
+    fields = {"job_id": "j", "model_id": "m", "photo_keys": [], "class_name": "golden-retriever"}
+    TrainSpec.from_dict({**fields, "identifier": "sks"})  # the hyphenated class word is fine
+    with pytest.raises(InvalidArgument, match=message):
+        TrainSpec.from_dict({**fields, "identifier": "sks", **change})
+    with pytest.raises(InvalidArgument, match="the number of images must be 1 to 4"):
+        GenerateSpec("g", "a photo of sks dog", n_images=5)

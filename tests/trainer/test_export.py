@@ -146,3 +146,17 @@ def test_upload_to_blob_store(tiny_model_dir: Path) -> None:
     assert (
         store.get(keys.model("model-1", "lora.npz")) == (tiny_model_dir / "lora.npz").read_bytes()
     )
+
+
+def test_folders_written_before_mode_became_method_still_load(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, old)
+    raw = json.loads((old / METADATA_FILE).read_text())
+    raw["mode"] = raw.pop("method")
+    (old / METADATA_FILE).write_text(json.dumps(raw))
+    assert read_metadata(old) == read_metadata(tiny_model_dir)

@@ -81,6 +81,7 @@ def test_folder_without_a_model_says_so(tmp_path: Path, capsys: pytest.CaptureFi
     assert "not a dreambot model folder" in err
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: loads the model and draws twice
 def test_same_seed_twice_gives_identical_pngs(
     tiny_model_dir: Path, tiny_preset: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

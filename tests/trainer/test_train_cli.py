@@ -111,6 +111,7 @@ def test_too_few_photos_are_refused_before_training(
     assert not (settings_env / "o" / "model.json").exists()
 
 
+@pytest.mark.slow  # about a minute: trains, then draws through the CLI
 def test_train_writes_a_model_imagine_can_load(
     settings_env: Path, capsys: pytest.CaptureFixture[str], tiny_preset: Any
 ) -> None:
