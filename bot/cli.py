@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from bot.config import BotSettings
 from storage.config import StorageSettings, require_extra
-from storage.errors import InvalidArgument
-from storage.rules import argument, check_int, check_word
+from storage.rules import argument, check_resolution, check_word
 
 if TYPE_CHECKING:
     from bot.photos import PhotoReport, SetReport
@@ -94,13 +93,6 @@ def _cmd_migrate(args: argparse.Namespace, settings: BotSide) -> int:
     return 0
 
 
-def _resolution(text: str) -> int:
-    number = check_int(text, "resolution", 64, 4096)
-    if number % 8:
-        raise InvalidArgument("resolution must be a multiple of 8 from 64 to 4096")
-    return number
-
-
 def _register_photos(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     photos = sub.add_parser(
         "photos", help="check training photos", description="Check training photos."
@@ -125,7 +117,7 @@ def _register_photos(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     check.add_argument(
         "--resolution",
-        type=argument(_resolution),
+        type=argument(check_resolution),
         default=None,
         metavar="N",
         help="training resolution in pixels (default: TRAIN_RESOLUTION, 512)",

@@ -35,6 +35,7 @@ from storage.rules import (
     check_guidance,
     check_int,
     check_method,
+    check_resolution,
     check_word,
 )
 
@@ -129,6 +130,7 @@ class TrainSpec(_Json):
                 raise InvalidArgument(f"{what} {value!r} must be lower case")
         check_method(self.method)
         check_int(self.steps, "steps", 1, MAX_TRAIN_STEPS)
+        check_resolution(self.resolution)
         check_int(self.class_images, "class images", 0, MAX_CLASS_IMAGES)
         check_int(self.lora_rank, "rank", 1, MAX_LORA_RANK)
         check_int(self.seed, "seed", 0, MAX_TRAIN_SEED)

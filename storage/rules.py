@@ -37,6 +37,7 @@ __all__ = [
     "check_guidance",
     "check_int",
     "check_method",
+    "check_resolution",
     "check_word",
     "class_prompt",
     "instance_prompt",
@@ -105,6 +106,14 @@ def check_guidance(value: float | str) -> float:
         raise InvalidArgument(f"guidance must be a number, not {value!r}") from None
     if not math.isfinite(number) or number < 0:
         raise InvalidArgument(f"guidance must be 0 or more (got {value})")
+    return number
+
+
+def check_resolution(value: int | str) -> int:
+    """A training resolution: whole pixels, 64 to 4096, a multiple of 8 (the VAE's stride)."""
+    number = check_int(value, "resolution", 64, 4096)
+    if number % 8:
+        raise InvalidArgument(f"resolution must be a multiple of 8 from 64 to 4096 (got {number})")
     return number
 
 

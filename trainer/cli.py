@@ -39,6 +39,7 @@ from storage.rules import (
     argument,
     check_guidance,
     check_int,
+    check_resolution,
     check_word,
     class_prompt,
     seeds_from,
@@ -168,7 +169,7 @@ def _register_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--resolution",
-        type=_count("resolution", 64, 4096),
+        type=argument(check_resolution),
         help="pixels (default: TRAIN_RESOLUTION for sd-v1, the preset's own otherwise)",
     )
     p.add_argument("--seed", type=_count("seed", 0, MAX_TRAIN_SEED), default=0, help="default: 0")
