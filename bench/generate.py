@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     calls: dict[str, Callable[[], object]] = {
-        OURS: ours(Sampler.from_components(preset)),
+        OURS: ours(Sampler.from_components(preset, jit_compile=False)),
         KERASCV: _kerascv_call(pipeline, args),
     }
     if args.xla:

@@ -2,24 +2,31 @@
 
 The seed-style step is the tutorial's algorithm written for comparison: it encodes the images
 with the VAE every step, embeds each sample's timestep through ``tf.map_fn`` and caches nothing.
-Ours reads cached VAE posteriors, embeds timesteps in one vectorised op and is XLA-compiled
-(the trainer's default); it is also timed without XLA. The seed-style step runs as written
-(Keras' default on a CPU: no XLA), or under XLA with ``--seed-xla``. All run through
+Ours reads cached VAE posteriors and embeds timesteps in one vectorised op; it runs with the
+trainer's defaults for this device and again with the other XLA setting. The seed-style step
+runs as written (Keras' default on a CPU: no XLA), or under XLA with ``--seed-xla``. All run through
 ``keras.Model.fit`` on the tiny preset, in this one process, after a warm-up that absorbs tracing
 and compiling, in interleaved rounds (best round counts), so a shared machine's changing load hits
 all alike. A round's rate is its steady state: from the end of its first step to the end of its
 last, because a real run pays a ``fit`` call's setup once, not once per few steps.
 
     .venv/bin/python -m bench.train_step [--steps 60] [--batch 2] [--methods lora,full] [--seed-xla]
-    .venv/bin/python -m bench.train_step --real   # real-size sd-v1 UNet, 128 px, LoRA, random init
+    .venv/bin/python -m bench.train_step --real [--methods lora,full] [--no-xla] [--full-xla]
 
 Prints steps/s and peak RSS (of the whole process so far) for each, and last
-``speedup: <float>x``: our default step (LoRA, XLA) against the seed-style step, both LoRA.
+``speedup: <float>x``: our default step against the seed-style step, both LoRA.
+
+``--real`` uses the real-size sd-v1 UNet (random init) at 128 px, batch 1 instance + 1 class:
+the seed-style step (with a real-size VAE encoder) and ours, LoRA and full fine-tuning, each
+with and without XLA (full with XLA only with ``--full-xla``: it needs far more memory), and
+ends with ``real_speedup: <float>x``: our default step against the seed-style step, LoRA.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import gc
 import os
 import resource
 import sys
@@ -33,16 +40,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.data import EncodedData, encode_training_data, make_dataset
+from bench._real_size import real_trainer, real_unet, stand_in_data
+from trainer.data import encode_training_data, make_dataset
 from trainer.dreambooth import TrainConfig, copy_diffusion_model, make_trainer
 from trainer.lora import enable_lora, lora_variables
-from trainer.presets import (
-    PRESETS,
-    Preset,
-    alphas_cumprod_schedule,
-    build_diffusion_model,
-    build_preset,
-)
+from trainer.presets import PRESETS, Preset, alphas_cumprod_schedule, build_preset
+
+REAL_RESOLUTION = 128
+UNET_PARAMS = 859_520_964
 
 
 def peak_rss_mb() -> float:
@@ -66,7 +71,7 @@ class SeedStyleTrainer(keras.Model):  # type: ignore[misc]
     def __init__(self, preset: Preset, unet: keras.Model, lora: bool = False) -> None:
         super().__init__()
         self.unet = unet
-        if lora:
+        if lora and not lora_variables(unet):
             enable_lora(unet, 4)
         self.lora = lora
         self.prior_loss_weight = 1.0
@@ -191,7 +196,9 @@ def bench_tiny(steps: int, batch: int, methods: list[str], seed_xla: bool, round
     inst, cls = synthetic(4, 1), synthetic(8, 2)
     seed_how = "XLA" if seed_xla else "as written, no XLA"
     print(f"tiny preset, batch {batch} instance + {batch} class, {steps} timed steps per variant")
-    print(f"seed-style step: {seed_how}; our step: default config (XLA), and again without XLA")
+    default_jit = TrainConfig().jit_compile
+    other = "without XLA" if default_jit else "with XLA"
+    print(f"seed-style step: {seed_how}; our step: default config, and again {other}")
 
     data = encode_training_data(preset, inst, "a photo of sks dog", cls, "a photo of dog")
     runs: dict[str, tuple[keras.Model, Any]] = {}
@@ -205,9 +212,10 @@ def bench_tiny(steps: int, batch: int, methods: list[str], seed_xla: bool, round
         kinds[f"seed-style step ({method})"] = ("seed", method)
         for jit in (False, True):
             config = TrainConfig(method=method, steps=steps, batch_size=batch, jit_compile=jit)
-            name = f"our step{'' if jit else ', no XLA'} ({method})"
+            label = "default" if jit == default_jit else ("XLA" if jit else "no XLA")
+            name = f"our step, {label} ({method})"
             runs[name] = (make_trainer(preset, data, config), make_dataset(data, batch))
-            kinds[name] = ("ours" if jit else "plain", method)
+            kinds[name] = ("ours" if jit == default_jit else "other", method)
     print(f"models built, peak RSS {peak_rss_mb():.0f} MB; timing {rounds} interleaved rounds")
     timed = time_rounds(runs, steps, rounds)
     sps_of = {kinds[name]: sps for name, (sps, _) in timed.items()}
@@ -228,55 +236,128 @@ def bench_tiny(steps: int, batch: int, methods: list[str], seed_xla: bool, round
     print(f"speedup: {ours[method] / seed_sps[method]:.2f}x")
 
 
-def bench_real(steps: int) -> None:
-    spec = PRESETS["sd-v1"]
-    spec = type(spec)(**{**spec.__dict__, "resolution": 128})
-    start = time.perf_counter()
-    unet = build_diffusion_model(spec)
+class _SeedFacts:
+    """What the seed-style step reads from a preset: its VAE encoder, schedule and scale."""
+
+    def __init__(self, image_encoder: keras.Model) -> None:
+        self.image_encoder = image_encoder
+        self.alphas_cumprod = alphas_cumprod_schedule()
+        self.latent_scale = PRESETS["sd-v1"].latent_scale
+
+
+def _free() -> None:
+    keras.backend.clear_session()
+    gc.collect()
+
+
+def _real_seed_runs(
+    method: str, facts: _SeedFacts, images: np.ndarray, contexts: np.ndarray, xla: bool
+) -> dict[str, tuple[keras.Model, Any]]:
+    """The seed-style step on its own real-size UNet (KerasCV attention, float32)."""
+    unet = real_unet(REAL_RESOLUTION)
+    runs: dict[str, tuple[keras.Model, Any]] = {}
+    for jit in (False, True) if xla else (False,):
+        seed = SeedStyleTrainer(facts, unet, lora=method == "lora")  # type: ignore[arg-type]
+        opt = TrainConfig(method=method).make_optimizer()  # type: ignore[arg-type]
+        opt.build(seed.variables_to_train)
+        seed.compile(optimizer=opt, jit_compile=jit)
+        ds = tf.data.Dataset.from_tensors((images, contexts)).repeat()
+        runs[f"seed-style step{', XLA' if jit else ''} ({method})"] = (seed, ds)
+    return runs
+
+
+def _real_our_runs(method: str, xla: bool) -> dict[str, tuple[keras.Model, Any]]:
+    """Our step on its own real-size UNet: the default config, and with XLA."""
+    unet = real_unet(REAL_RESOLUTION)
+    data = stand_in_data(REAL_RESOLUTION)
+    runs: dict[str, tuple[keras.Model, Any]] = {}
+    for jit in (False, True) if xla else (False,):
+        config = TrainConfig(method=method, steps=1000, jit_compile=jit)  # type: ignore[arg-type]
+        default = TrainConfig(method=method).jit_compile  # type: ignore[arg-type]
+        label = "default" if jit == default else ("XLA" if jit else "no XLA")
+        runs[f"our step, {label} ({method})"] = (
+            real_trainer(unet, data, config),
+            make_dataset(data, 1),
+        )
+    return runs
+
+
+def bench_real(steps: int, rounds: int, methods: list[str], xla: bool, full_xla: bool) -> None:
+    """Real-size sd-v1 UNet (random init), 128 px, batch 1 instance + 1 class, on this CPU.
+
+    LoRA: the seed-style step and ours each on their own UNet, timed in interleaved rounds.
+    Full fine-tuning holds weights, gradients and AdamW state (~14 GB) per variant, so its
+    variants are timed one after another, each freed before the next.
+    """
+    from keras_cv.src.models.stable_diffusion.image_encoder import ImageEncoder
+
+    res = REAL_RESOLUTION
+    defaults = TrainConfig(method="lora")
     print(
-        f"sd-v1 UNet at 128 px built in {time.perf_counter() - start:.0f} s, "
-        f"{unet.count_params() / 1e6:.0f} M params, peak RSS {peak_rss_mb():.0f} MB"
+        f"real-size sd-v1 UNet ({UNET_PARAMS / 1e6:.0f} M parameters, random init), {res} px, "
+        f"batch 1 instance + 1 class, this CPU; our default: precision {defaults.precision}, "
+        f"XLA {'on' if defaults.jit_compile else 'off'}, {defaults.attention} attention, "
+        f"remat {'on' if defaults.remat else 'off'}"
     )
     rng = np.random.default_rng(0)
-    s = spec.latent_size
-    data = EncodedData(
-        instance_posteriors=rng.normal(size=(4, 2, s, s, 8)).astype(np.float32),
-        class_posteriors=rng.normal(size=(4, 2, s, s, 8)).astype(np.float32),
-        instance_context=rng.normal(size=(77, 768)).astype(np.float32),
-        class_context=rng.normal(size=(77, 768)).astype(np.float32),
-    )
-
-    class _Shim:
-        alphas_cumprod = alphas_cumprod_schedule()
-        latent_scale = spec.latent_scale
-
-    config = TrainConfig(method="lora", steps=steps, batch_size=1)
-    trainer = make_trainer(_Shim(), data, config, diffusion_model=unet)  # type: ignore[arg-type]
-    from trainer.lora import extract_lora
-
-    sps = time_fit(trainer, make_dataset(data, 1), steps)
-    n_lora = sum(int(np.prod(v.shape)) for v in trainer.trained_variables)
-    size = sum(a.nbytes for a in extract_lora(unet).values())
-    print(f"real sd-v1 LoRA r4 at 128 px: {1 / sps:.2f} s/step, peak RSS {peak_rss_mb():.0f} MB")
-    print(f"LoRA parameters {n_lora:,}; float16 export {size / 1e6:.2f} MB")
+    images = rng.uniform(-1, 1, (2, res, res, 3)).astype(np.float32)
+    contexts = rng.normal(size=(2, 77, 768)).astype(np.float32)
+    facts = _SeedFacts(ImageEncoder(download_weights=False))
+    ratios: dict[str, float] = {}
+    for method in methods:
+        with_xla = xla if method == "lora" else full_xla
+        phases = [
+            functools.partial(_real_seed_runs, method, facts, images, contexts, with_xla),
+            functools.partial(_real_our_runs, method, with_xla),
+        ]
+        timed: dict[str, tuple[float, float]] = {}
+        if method == "lora":  # both fit at once: interleave
+            runs = {k: v for phase in phases for k, v in phase().items()}
+            timed = time_rounds(runs, steps, rounds)
+            del runs
+        else:
+            for phase in phases:
+                runs = phase()
+                timed.update(time_rounds(runs, steps, 1))
+                del runs
+                _free()
+        _free()
+        seed_sps = timed[f"seed-style step ({method})"][0]
+        for name, (sps, cpu) in timed.items():
+            print(
+                f"{name:32s} {1 / sps:6.2f} s/step  {cpu:6.2f} CPU s/step  "
+                f"({sps / seed_sps:.2f}x the seed-style step)  "
+                f"peak RSS {peak_rss_mb() / 1024:.1f} GB"
+            )
+        ratios[method] = timed[f"our step, default ({method})"][0] / seed_sps
+    method = "lora" if "lora" in ratios else methods[0]
+    print(f"real_speedup below = our default step ({method}) against the seed-style step")
+    print(f"real_speedup: {ratios[method]:.2f}x")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, help="timed steps per variant (60; --real: 6)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--methods", default="lora,full", help="comma-separated: lora,full")
     parser.add_argument(
         "--seed-xla", action="store_true", help="XLA-compile the seed-style step too"
     )
     parser.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds")
-    parser.add_argument("--real", action="store_true")
+    parser.add_argument("--real", action="store_true", help="real-size sd-v1 UNet at 128 px")
+    parser.add_argument(
+        "--no-xla", dest="xla", action="store_false", help="--real: skip the XLA variants"
+    )
+    parser.add_argument(
+        "--full-xla", action="store_true", help="--real: XLA variants of full fine-tuning too"
+    )
     args = parser.parse_args()
     if args.real:
-        bench_real(max(2, min(args.steps, 5)))
+        methods = [m for m in args.methods.split(",") if m in ("lora", "full")] or ["lora"]
+        bench_real(args.steps or 6, min(args.rounds, 3), methods, args.xla, args.full_xla)
     else:
         methods = [m for m in args.methods.split(",") if m in ("lora", "full")] or ["lora"]
-        bench_tiny(args.steps, args.batch, methods, args.seed_xla, args.rounds)
+        bench_tiny(args.steps or 60, args.batch, methods, args.seed_xla, args.rounds)
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from storage.blobs import BlobStore, keys
 from storage.errors import ConfigError, UserFacingError
 from storage.rules import MAX_CLASS_IMAGES, MAX_IMAGES
-from trainer.sampler import Sampler, encode_png
+from trainer.sampler import SAMPLER_VERSION, Sampler, encode_png
 
 __all__ = [
     "GROUP_SIZE",
@@ -58,6 +58,9 @@ class ClassImageSpec:
     steps: int = 50
     guidance: float = 7.5
     negative_prompt: str = ""
+    # The UNet's compute precision changes the pixels (float16 rounds differently).
+    precision: str = "float32"
+    sampler_version: int = SAMPLER_VERSION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_prompt", normalise_prompt(self.class_prompt))
@@ -66,7 +69,9 @@ class ClassImageSpec:
 
     @classmethod
     def for_preset(cls, preset: Any, class_prompt: str, **settings: Any) -> ClassImageSpec:
-        """Spec for a built preset (reads its ``name``, ``weights_id`` and ``resolution``)."""
+        """Spec for a built preset (its name, weights id, resolution and UNet precision)."""
+        policy = getattr(preset.diffusion_model, "dtype_policy", None)
+        settings.setdefault("precision", str(getattr(policy, "name", "float32")))
         return cls(
             preset=str(preset.name),
             weights_id=str(preset.weights_id),

@@ -125,7 +125,11 @@ def encode_training_data(
 
 
 def _indices(step: tf.Tensor, batch: int, length: int, seed: int) -> tf.Tensor:
-    """Dataset positions of one batch: a fresh permutation of ``length`` slots per epoch."""
+    """Dataset positions of one batch: a fresh permutation of ``length`` slots per epoch.
+
+    A batch spans at most ``batch // length + 2`` epochs (more than one when the batch is
+    larger than the data: 3 photos, batch 5), so that many permutations are drawn.
+    """
     pos = tf.cast(step, tf.int64) * batch + tf.range(batch, dtype=tf.int64)
     epoch, slot = pos // length, pos % length
     first = epoch[0]
@@ -135,8 +139,8 @@ def _indices(step: tf.Tensor, batch: int, length: int, seed: int) -> tf.Tensor:
         keys = tf.random.stateless_uniform([length], seed=pair, dtype=tf.float32)
         return tf.argsort(keys)
 
-    both = tf.stack([perm(first), perm(first + 1)])
-    chosen = tf.gather_nd(both, tf.stack([epoch - first, slot], axis=1))
+    spanned = tf.stack([perm(first + i) for i in range(batch // length + 2)])
+    chosen = tf.gather_nd(spanned, tf.stack([epoch - first, slot], axis=1))
     return tf.cast(chosen, tf.int64)
 
 

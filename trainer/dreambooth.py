@@ -9,6 +9,7 @@ resumed from a checkpoint repeats an uninterrupted run exactly, with or without 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from storage.rules import DEFAULT_LORA_RANK, DEFAULT_METHOD, DEFAULT_TRAIN_STEPS, Method
+from trainer.attention import use_remat, use_tiled_attention
 from trainer.data import EncodedData, make_dataset, sample_latents
 from trainer.errors import InvalidTrainConfig
 from trainer.lora import enable_lora, lora_variables
@@ -32,10 +34,13 @@ __all__ = [
     "TrainConfig",
     "copy_diffusion_model",
     "copy_text_encoder",
+    "device_defaults",
     "make_trainer",
+    "set_compute_policy",
 ]
 
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
+Attention = Literal["tiled", "kerascv"]
 
 # The reference DreamBooth's full fine-tuning rate; LoRA trains far fewer weights and needs more.
 DEFAULT_LR: dict[str, float] = {"full": 2e-6, "lora": 1e-4}
@@ -46,8 +51,46 @@ _WHOLE_NUMBERS = {
     "batch_size": "The batch size",
     "lora_rank": "The LoRA rank",
     "checkpoint_every": "The number of steps between checkpoints",
+    "optimizer_checkpoint_every": "The number of steps between optimizer checkpoints",
 }
 _POSITIVE_NUMBERS = {"learning_rate": "The learning rate", "lora_alpha": "The LoRA alpha"}
+
+
+@functools.cache
+def gpu_compute_capability() -> tuple[int, int] | None:
+    """The first GPU's CUDA compute capability, or None when TensorFlow sees no GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    details = tf.config.experimental.get_device_details(gpus[0])
+    major, minor = details.get("compute_capability", (0, 0))
+    return int(major), int(minor)
+
+
+def device_defaults(method: str) -> dict[str, Any]:
+    """Precision, XLA, attention and rematerialisation for this device and method.
+
+    CPU (measured at real size, sd-v1 UNet, bench/train_step.py --real and bench/memory.py):
+    float32 (half precision is emulated there), no XLA (it compiled for ~100 s and then ran a
+    LoRA step at 0.5x the speed of the plain graph), tiled attention (never slower, far less
+    memory), no rematerialisation (it only costs time where memory is plentiful).
+
+    GPU (reasoned, not measured here): mixed precision, bfloat16 on Ampere and newer (compute
+    capability 8+, no loss scaling needed) and float16 with loss scaling before; tiled attention;
+    no XLA, because XLA's common-subexpression pass may merge a rematerialised block back into
+    the forward pass and undo the saving; rematerialisation on for full fine-tuning, where
+    weights, gradients and AdamW state already take ~14 GB of a 24 GB card.
+    """
+    capability = gpu_compute_capability()
+    if capability is None:
+        return {"precision": "float32", "jit_compile": False, "attention": "tiled", "remat": False}
+    precision = "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
+    return {
+        "precision": precision,
+        "jit_compile": False,
+        "attention": "tiled",
+        "remat": method == "full",
+    }
 
 
 @dataclass(frozen=True)
@@ -67,16 +110,28 @@ class TrainConfig:
     weight_decay: float = 1e-2
     epsilon: float = 1e-8
     max_grad_norm: float = 1.0
-    precision: Precision = "float32"
-    # XLA-compile the step. On by default: on this CPU it cuts a tiny LoRA step from ~87 to ~54
-    # CPU ms (bench/train_step.py), and on GPUs it is Keras' own choice. The first step then
-    # pays the compile (tens of seconds on CPU for tiny).
-    jit_compile: bool = True
+    # Left as None, these four are chosen for the device this process trains on
+    # (:func:`device_defaults`, from figures at real size: bench/memory.py, bench/train_step.py).
+    precision: Precision | None = None
+    jit_compile: bool | None = None
+    attention: Attention | None = None
+    remat: bool | None = None
     seed: int = 0
     checkpoint_every: int = 100
+    # Full fine-tuning writes its AdamW state (2x the weights) only this often; LoRA writes it
+    # with every checkpoint. What a resume then does: trainer/checkpoints.py.
+    optimizer_checkpoint_every: int = 500
 
     def __post_init__(self) -> None:
-        """Refuse settings that cannot train, with a message naming the option and its range."""
+        """Fill device defaults; refuse settings that cannot train, naming the option and range."""
+        for name, value in device_defaults(self.method).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if self.attention not in ("tiled", "kerascv"):
+            raise InvalidTrainConfig(
+                f"Unknown attention {self.attention!r}: choose 'tiled' (memory-efficient) or "
+                "'kerascv'."
+            )
         if self.method not in ("lora", "full"):
             raise InvalidTrainConfig(
                 f"Unknown training method {self.method!r}: choose 'lora' (small, fast) or 'full'."
@@ -264,15 +319,35 @@ def copy_text_encoder(preset: Preset) -> keras.Model:
     return encoder
 
 
+def set_compute_policy(model: keras.Model, dtype_policy: str | None) -> None:
+    """Switch a built model's layers to ``dtype_policy`` (variables stay float32)."""
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        layer.dtype_policy = dtype_policy or "float32"
+
+
 def make_trainer(
     preset: Preset,
     data: EncodedData,
     config: TrainConfig,
     *,
     diffusion_model: keras.Model | None = None,
+    in_place: bool = False,
 ) -> DreamBoothTrainer:
-    """A compiled trainer: copy (or take) the UNet, enable LoRA if asked, build the optimizer."""
-    unet = diffusion_model or copy_diffusion_model(preset, config.dtype_policy)
+    """A compiled trainer: copy (or take) the UNet, enable LoRA if asked, build the optimizer.
+
+    ``in_place`` trains the preset's own UNet instead of a copy: no second 3.4 GB UNet at real
+    size. Use it when nothing else needs the untouched base (the CLI, a training-only worker).
+    The config's precision, attention and rematerialisation are applied to the trained UNet.
+    """
+    if diffusion_model is not None:
+        unet = diffusion_model
+    elif in_place:
+        unet = preset.diffusion_model
+        set_compute_policy(unet, config.dtype_policy)
+    else:
+        unet = copy_diffusion_model(preset, config.dtype_policy)
+    use_tiled_attention(unet, config.attention == "tiled")
+    use_remat(unet, bool(config.remat))
     if config.method == "lora" and not lora_variables(unet):
         enable_lora(unet, config.lora_rank, alpha=config.lora_alpha, seed=config.seed)
     text_encoder = None

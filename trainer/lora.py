@@ -13,14 +13,17 @@ without attention layers is a programming error and stays a ``ValueError``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import keras
 import numpy as np
+from keras import ops
 
 from trainer.errors import LoraMismatch
 
 __all__ = [
     "ATTENTION_CLASSES",
+    "FactoredLoraDense",
     "apply_lora",
     "attention_projections",
     "enable_lora",
@@ -36,18 +39,59 @@ ATTENTION_CLASSES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _projection_names(layer: keras.layers.Layer) -> tuple[str, ...] | None:
+    """The projection names of an attention layer (subclasses count: tiled attention is one)."""
+    for cls in type(layer).__mro__:
+        names = ATTENTION_CLASSES.get(cls.__name__)
+        if names is not None:
+            return names
+    return None
+
+
 def attention_projections(model: keras.Model) -> list[tuple[str, keras.layers.Dense]]:
     """``(key, Dense)`` for every attention projection, in a stable order."""
     found: list[tuple[str, keras.layers.Dense]] = []
     index = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        names = ATTENTION_CLASSES.get(type(layer).__name__)
+        names = _projection_names(layer)
         if names is None:
             continue
         for attr in names:
             found.append((f"{index:04d}.{attr}", getattr(layer, attr)))
         index += 1
     return found
+
+
+def _peft_a_init(seed: int) -> keras.initializers.Initializer:
+    """PEFT's A init, ``kaiming_uniform_(a=sqrt(5))``: uniform in +-1/sqrt(fan_in).
+
+    B starts at zero, so the model is unchanged at step 0; matching PEFT's A scale makes a
+    learning rate mean here what it means in diffusers' LoRA DreamBooth.
+    """
+    return keras.initializers.VarianceScaling(
+        scale=1.0 / 3.0, mode="fan_in", distribution="uniform", seed=seed
+    )
+
+
+class FactoredLoraDense(keras.layers.Dense):  # type: ignore[misc]
+    """A LoRA ``Dense`` computing ``x K + s (x A) B`` rather than Keras' ``x (K + s A B)``.
+
+    Same function; but autodiff through Keras' merged kernel forms the full ``[in, out]``
+    kernel gradient of every adapted projection each step, only to project it onto A and B.
+    Kept factored, the gradients of A and B cost rank-sized products.
+    """
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        if not self.lora_enabled:
+            return super().call(inputs, training=training)
+        x = ops.matmul(inputs, self._kernel)
+        low = ops.matmul(ops.matmul(inputs, self.lora_kernel_a), self.lora_kernel_b)
+        x = ops.add(x, ops.multiply(low, self.lora_alpha / self.lora_rank))
+        if self.bias is not None:
+            x = ops.add(x, self.bias)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
 
 
 def enable_lora(model: keras.Model, rank: int, *, alpha: float | None = None, seed: int = 0) -> int:
@@ -59,8 +103,10 @@ def enable_lora(model: keras.Model, rank: int, *, alpha: float | None = None, se
         dense.enable_lora(
             rank,
             lora_alpha=alpha,
-            a_initializer=keras.initializers.HeUniform(seed=seed * 100_003 + i),
+            a_initializer=_peft_a_init(seed * 100_003 + i),
         )
+        if type(dense) is keras.layers.Dense:
+            dense.__class__ = FactoredLoraDense
     return len(layers)
 
 

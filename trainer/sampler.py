@@ -32,7 +32,11 @@ from storage.rules import MAX_IMAGES, MAX_SAMPLER_STEPS, MAX_SEED, check_guidanc
 from trainer.errors import PromptTooLong
 from trainer.presets import TRAIN_TIMESTEPS, alphas_cumprod_schedule, timestep_embedding, tokenize
 
+SAMPLER_VERSION = 1
+"""Bump when a change to the sampler changes its pixels: cached class images are then redrawn."""
+
 __all__ = [
+    "SAMPLER_VERSION",
     "PromptTooLong",
     "Sampler",
     "ddim_timesteps",
@@ -82,7 +86,7 @@ class Sampler:
         pad_id: int | None = None,
         alphas_cumprod: Sequence[float] | np.ndarray | None = None,
         compile: bool = True,
-        jit_compile: bool = False,
+        jit_compile: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder

@@ -54,13 +54,28 @@ def test_cache_id_covers_every_setting_and_ignores_spacing(spec: ClassImageSpec)
         "steps": STEPS + 1,
         "guidance": 3.0,
         "negative_prompt": "blurry",
+        "precision": "mixed_float16",
+        "sampler_version": spec.sampler_version + 1,
     }
+    assert set(changes) == {f.name for f in dataclasses.fields(spec)}  # every field counts
     ids = {dataclasses.replace(spec, **{name: value}).cache_id for name, value in changes.items()}
     assert len(ids) == len(changes)
     assert spec.cache_id not in ids
     same = dataclasses.replace(spec, class_prompt="  A photo   of a DOG ")
     assert same.cache_id == spec.cache_id
     assert spec.image_seed(0) != spec.image_seed(1)
+    assert spec.precision == "float32"  # read from the preset's UNet
+
+
+def test_cache_key_reads_the_unets_precision(tiny_preset: Any) -> None:
+    from trainer.dreambooth import copy_diffusion_model
+
+    half = dataclasses.replace(
+        tiny_preset, diffusion_model=copy_diffusion_model(tiny_preset, "mixed_bfloat16")
+    )
+    spec = ClassImageSpec.for_preset(half, "a photo of a dog")
+    assert spec.precision == "mixed_bfloat16"
+    assert spec.cache_id != ClassImageSpec.for_preset(tiny_preset, "a photo of a dog").cache_id
 
 
 def test_images_are_generated_once_and_reused(sampler: Sampler, spec: ClassImageSpec) -> None:

@@ -97,3 +97,27 @@ def test_sample_latents_uses_mean_and_std() -> None:
     np.testing.assert_allclose(zero, 1.0)
     one = sample_latents(post, tf.ones((1, 2, 2, 4)), 0.5)
     np.testing.assert_allclose(one, (2.0 + 3.0) * 0.5, rtol=1e-5)
+
+
+def test_batch_larger_than_the_data_uses_every_photo_evenly(tiny_data: Any) -> None:
+    """3 photos, batch 5, no class images: each batch spans two or three epochs of the photos."""
+    from dataclasses import replace
+
+    three = replace(
+        tiny_data,
+        instance_posteriors=tiny_data.instance_posteriors[:3],
+        class_posteriors=None,
+        class_context=None,
+    )
+    batches = list(make_dataset(three, 5, seed=0, prior=False).take(6).as_numpy_iterator())
+    bank = three.instance_posteriors
+    seen = [
+        i
+        for b in batches
+        for s in b["instance"]
+        for i in range(3)
+        for f in (0, 1)
+        if np.array_equal(bank[i, f], s)
+    ]
+    assert len(seen) == 30  # every sample is one of the three photos (or its mirror)
+    assert sorted(seen) == sorted([0, 1, 2] * 10)  # 30 samples = 10 whole epochs of 3

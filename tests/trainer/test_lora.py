@@ -67,3 +67,18 @@ def test_apply_rejects_factors_that_do_not_fit_and_changes_nothing(tiny_preset: 
     assert apply_lora(encoder, fits) == 1
     moved = [not np.array_equal(a, b) for a, b in zip(encoder.get_weights(), before, strict=True)]
     assert sum(moved) == 1
+
+
+def test_lora_a_starts_as_peft_does(tiny_preset: Any) -> None:
+    """A is uniform in +-1/sqrt(fan_in) (PEFT's kaiming_uniform(a=sqrt(5))), B is zero."""
+    from trainer.dreambooth import copy_diffusion_model
+    from trainer.lora import attention_projections, enable_lora
+
+    unet = copy_diffusion_model(tiny_preset)
+    enable_lora(unet, 4, seed=0)
+    for _, dense in attention_projections(unet):
+        a = np.asarray(dense.lora_kernel_a.numpy())
+        bound = 1 / np.sqrt(a.shape[0])
+        assert np.abs(a).max() <= bound
+        assert np.abs(a).max() > 0.8 * bound  # spread over the range, not a narrower init
+        assert not np.asarray(dense.lora_kernel_b.numpy()).any()

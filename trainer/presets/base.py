@@ -136,6 +136,19 @@ def tokenize(
     return np.asarray(rows, dtype=np.int32).reshape(len(rows), length)
 
 
+class _Released:
+    """Stands in for a model a training run released; calling it is a programming error."""
+
+    def __init__(self, part: str) -> None:
+        self.part = part
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"the preset's {self.part} was released to save memory during training")
+
+    def __getattr__(self, name: str) -> None:
+        raise RuntimeError(f"the preset's {self.part} was released to save memory during training")
+
+
 @dataclass(eq=False)
 class Preset:
     """A built base model: tokenizer, encoders, UNet and decoder (the schedule is shared)."""
@@ -152,6 +165,20 @@ class Preset:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def release(self, *parts: str) -> None:
+        """Drop models this process no longer needs (training keeps cached encodings instead).
+
+        At real size: VAE encoder 0.14 GB, text encoder 0.49 GB, decoder 0.2 GB of float32. A
+        released part is replaced by a stub that names it if something still calls it.
+        """
+        for part in parts:
+            if part not in ("text_encoder", "image_encoder", "decoder"):
+                raise ValueError(f"cannot release {part!r}")
+            setattr(self, part, _Released(part))
+            if part == "image_encoder":
+                self._posterior = None
+
 
     @property
     def resolution(self) -> int:
