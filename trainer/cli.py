@@ -9,12 +9,14 @@ from the bot side: the photo check, so local training is as honest about photos 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import secrets
 import shutil
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -116,9 +118,19 @@ def _count(what: str, low: int, high: int) -> Callable[[str], int]:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add worker, train and imagine; each sets ``func(args, settings) -> exit code``."""
-    worker = sub.add_parser("worker", help="run one GPU/CPU worker against REDIS_URL")
+    worker = sub.add_parser(
+        "worker",
+        help="run one GPU/CPU worker against REDIS_URL",
+        description="Load the base model once, then run training and generation jobs from "
+        "REDIS_URL, reading inputs from and writing outputs to BLOB_URL. With --queue all (the "
+        "default) one process serves both queues and runs waiting /imagine requests between "
+        "training steps.",
+    )
     worker.add_argument(
-        "--queue", choices=("train", "generate"), default="train", help="which queue to serve"
+        "--queue",
+        choices=("train", "generate", "all"),
+        default="all",
+        help="which queue to serve (default: all)",
     )
     worker.set_defaults(func=_cmd_worker)
     _register_train(sub)
@@ -126,10 +138,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: TrainerSide) -> int:
+    """Serve jobs until SIGINT/SIGTERM; bad model settings stop it before it takes any."""
     require_extra("arq", "worker", "worker")
+    require_extra("tensorflow", "worker", "worker")
+    # Loading TensorFlow and the base model takes a while; a SIGTERM meanwhile (`dreambot up`
+    # stopping) ends the process as cleanly as one while serving, instead of killing it.
+    signal.signal(signal.SIGTERM, _interrupted)
     from trainer.worker import run_worker
 
-    return run_worker(settings.storage.redis_url, args.queue)
+    name = settings.trainer.model_preset
+    return run_worker(
+        settings.storage,
+        settings.trainer,
+        args.queue,
+        resolution=training_resolution(name, None, settings.train_resolution),
+    )
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _register_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -139,7 +166,8 @@ def _register_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Check the photos the way the bot does, then train a DreamBooth model on "
         "this machine and write a model folder that `dreambot imagine --model DIR` can use. "
         "Checkpoints go to OUT/checkpoints; running the same command again after an "
-        "interruption resumes from the last one.",
+        "interruption resumes from the last one. A checkpoint of a different run (other photos, "
+        "learning rate, method...) is refused; --fresh discards it and starts over.",
     )
     word = argument(check_word)
     identifier = argument(functools.partial(check_word, what="identifier"))
@@ -184,17 +212,27 @@ def _register_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"LoRA rank (default: {DEFAULT_LORA_RANK})",
     )
     p.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
+    # Left unset, precision, XLA, attention and remat are chosen for the device (TrainConfig).
     p.add_argument(
         "--precision",
         choices=("float32", "mixed_float16", "mixed_bfloat16"),
-        default="float32",
-        help="float32 (default) or mixed precision",
+        help="default: mixed precision on a GPU (bfloat16 where supported), float32 on a CPU",
     )
     p.add_argument(
-        "--no-xla",
-        dest="xla",
-        action="store_false",
-        help="do not XLA-compile the training step (faster start, slower steps)",
+        "--xla",
+        action=argparse.BooleanOptionalAction,
+        help="XLA-compile the training step (default: off; it is slower at real size on CPU)",
+    )
+    p.add_argument(
+        "--attention",
+        choices=("tiled", "kerascv"),
+        help="tiled (default: same result, far less memory) or KerasCV's own",
+    )
+    p.add_argument(
+        "--remat",
+        action=argparse.BooleanOptionalAction,
+        help="recompute activations in the backward pass: less memory, ~30%% slower steps "
+        "(default: on for full fine-tuning on a GPU)",
     )
     p.add_argument(
         "--checkpoint-every",
@@ -203,7 +241,28 @@ def _register_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="steps between checkpoints (default: 100)",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard the checkpoint an earlier run left in OUT/checkpoints and start over",
+    )
     p.set_defaults(func=_cmd_train)
+
+
+@contextlib.contextmanager
+def _fresh_hint(ckpt_dir: Path) -> Iterator[None]:
+    """Say, in a refused resume's message, how to start over with this command's own flags."""
+    from trainer.errors import CheckpointMismatch
+
+    try:
+        yield
+    except CheckpointMismatch as exc:
+        raise CheckpointMismatch(
+            exc.differences,
+            step=exc.step,
+            where=f"The checkpoint in {ckpt_dir}",
+            hint="To start over, add --fresh (this discards it), or give another --out to keep it.",
+        ) from None
 
 
 def _cmd_train(args: argparse.Namespace, settings: TrainerSide) -> int:
@@ -218,7 +277,7 @@ def _cmd_train(args: argparse.Namespace, settings: TrainerSide) -> int:
     photos = settings.check_photos(args.photos, args.class_name, resolution)
 
     from storage.blobs import BlobStore
-    from trainer.checkpoints import DirCheckpointStore
+    from trainer.checkpoints import DirCheckpointStore, check_resumable, run_record
     from trainer.data import load_images
     from trainer.dreambooth import TrainConfig
     from trainer.presets import build_preset
@@ -233,9 +292,22 @@ def _cmd_train(args: argparse.Namespace, settings: TrainerSide) -> int:
         train_text_encoder=args.train_text_encoder,
         precision=args.precision,
         jit_compile=args.xla,
+        attention=args.attention,
+        remat=args.remat,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
     )
+    ckpt_dir = args.out / "checkpoints"
+    checkpoints = DirCheckpointStore(ckpt_dir)
+    if args.fresh:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    # What is known before the preset and class images (the slow part) is checked now; the
+    # photos and base weights once they are loaded, in run_training.
+    known = {"identifier": args.identifier, "class_name": args.class_name, "resolution": resolution}
+    with _fresh_hint(ckpt_dir):
+        found = check_resumable(checkpoints, run_record(config) | known, steps=args.steps)
+    if found is not None:
+        print(f"found a checkpoint at step {found.step} in {ckpt_dir}", file=sys.stderr)
     preset = build_preset(
         name,
         resolution=resolution,
@@ -267,17 +339,18 @@ def _cmd_train(args: argparse.Namespace, settings: TrainerSide) -> int:
     def on_step(p: StepReport) -> None:
         line(p.step, p.total, loss=p.loss, seconds_per_step=p.seconds_per_step)
 
-    ckpt_dir = args.out / "checkpoints"
     job = TrainJob(identifier=args.identifier, class_name=args.class_name, config=config)
-    meta = run_training(
-        preset,
-        job,
-        instance,
-        classes,
-        args.out,
-        checkpoints=DirCheckpointStore(ckpt_dir),
-        progress=on_step,
-    )
+    with _fresh_hint(ckpt_dir):
+        meta = run_training(
+            preset,
+            job,
+            instance,
+            classes,
+            args.out,
+            checkpoints=checkpoints,
+            progress=on_step,
+            in_place=True,
+        )
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     print(f"{args.out}: {meta.method} model of '{meta.instance_prompt}' after {meta.steps} steps")
     return 0
@@ -327,7 +400,12 @@ def _register_imagine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="FILE",
         help="CLIP BPE vocabulary for sd-v1 models (default: the BPE_PATH setting)",
     )
-    parser.add_argument("--xla", action="store_true", help="XLA-compile the denoising step")
+    parser.add_argument(
+        "--xla",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="XLA-compile the denoising step (default: on, as KerasCV does)",
+    )
     parser.set_defaults(func=run_imagine)
 
 

@@ -7,10 +7,13 @@ state the system wrote itself (checkpoints) stays a plain :class:`DreambotError`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from storage.errors import ConfigError, DreambotError, InvalidArgument, UserFacingError
 
 __all__ = [
     "CheckpointError",
+    "CheckpointMismatch",
     "InvalidTrainConfig",
     "LoraMismatch",
     "ModelFormatError",
@@ -60,6 +63,32 @@ class PromptTooLong(UserFacingError):
 
 class CheckpointError(DreambotError):
     """A checkpoint is incomplete or does not match the run that tries to resume from it."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint was trained from something else (photos, learning rate, base model...).
+
+    Resuming it would silently continue the old run, so it is refused; ``differences`` says
+    what differs in plain words and ``hint`` how to start fresh (the CLI names its own flags).
+    """
+
+    def __init__(
+        self,
+        differences: Sequence[str],
+        *,
+        step: int,
+        where: str = "The checkpoint",
+        hint: str = "To start fresh, discard the checkpoint.",
+    ) -> None:
+        self.differences = tuple(differences)
+        self.step = step
+        self.where = where
+        self.hint = hint
+        listed = "\n".join(f"  - {d}" for d in self.differences)
+        super().__init__(
+            f"{where} (step {step}) comes from a different run, so it cannot be resumed:\n"
+            f"{listed}\n{hint}"
+        )
 
 
 class ModelFormatError(DreambotError):

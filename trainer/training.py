@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from storage.rules import class_prompt, instance_prompt
-from trainer.checkpoints import CheckpointCallback, CheckpointStore, load_checkpoint
+from trainer.checkpoints import (
+    CheckpointCallback,
+    CheckpointStore,
+    TrainedFrom,
+    check_resumable,
+    load_checkpoint,
+    run_record,
+)
 from trainer.data import encode_training_data
 from trainer.dreambooth import StepCallback, TrainConfig, make_trainer
 from trainer.export import ModelMetadata, export_model
@@ -57,9 +64,31 @@ def run_training(
     *,
     checkpoints: CheckpointStore | None = None,
     progress: StepReportFn | None = None,
+    in_place: bool = False,
+    keep: tuple[str, ...] = (),
 ) -> ModelMetadata:
-    """Encode, train (resuming from ``checkpoints`` when they hold a state) and export."""
+    """Encode, train (resuming from ``checkpoints`` when they hold a state) and export.
+
+    A checkpoint written by a different run (other photos, class images, identifier, base,
+    resolution or training settings) is refused with
+    :class:`~trainer.errors.CheckpointMismatch` before anything is encoded.
+
+    ``in_place`` trains the preset's own UNet (no second copy) and, once the photos and prompts
+    are encoded, releases the VAE encoder, the text encoder and the decoder, except the parts
+    named in ``keep`` (e.g. ``("text_encoder", "decoder")`` to draw samples afterwards). The
+    preset then holds the trained model; pass it only when nothing else shares it.
+    """
     config = job.config
+    origin = TrainedFrom.of(
+        identifier=job.identifier,
+        class_name=job.class_name,
+        weights_id=preset.weights_id,
+        resolution=preset.resolution,
+        instance_images=instance_images,
+        class_images=class_images,
+    )
+    if checkpoints is not None:  # refuse a checkpoint of another run before encoding anything
+        check_resumable(checkpoints, run_record(config, origin), steps=config.steps)
     data = encode_training_data(
         preset,
         instance_images,
@@ -67,13 +96,17 @@ def run_training(
         class_images,
         class_prompt(job.class_name),
     )
-    trainer = make_trainer(preset, data, config)
+    trainer = make_trainer(preset, data, config, in_place=in_place)
+    if in_place:
+        parts = ("image_encoder", "text_encoder", "decoder")
+        preset.release(*(part for part in parts if part not in keep))
     start = 0
     if checkpoints is not None:
-        start = load_checkpoint(checkpoints, trainer) or 0
+        start = load_checkpoint(checkpoints, trainer, origin) or 0
     callbacks = []
     if checkpoints is not None:
-        callbacks.append(CheckpointCallback(checkpoints, trainer, config.checkpoint_every, start))
+        every = config.checkpoint_every
+        callbacks.append(CheckpointCallback(checkpoints, trainer, every, start, origin=origin))
     if progress is not None:
         started = time.monotonic()
 

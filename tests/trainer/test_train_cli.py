@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +154,89 @@ def test_train_writes_a_model_imagine_can_load(
     code = main([*imagine, "--n", "1", "--steps", "2", "--seed", "7"])
     assert code == 0, capsys.readouterr().err
     assert (pngs / "imagine-7.png").read_bytes().startswith(b"\x89PNG")
+
+
+class _Stop(KeyboardInterrupt):
+    """Stands for Ctrl-C at a chosen point of `dreambot train` (the CLI then exits 130)."""
+
+
+def _stop(*args: Any, **kwargs: Any) -> Any:
+    raise _Stop
+
+
+def _train(photos: Path, out: Path, *extra: str) -> list[str]:
+    argv = ["train", "--photos", str(photos), "--class-name", "dog", "--identifier", "sks"]
+    argv += ["--preset", "tiny", "--steps", "1", "--class-images", "0", "--no-xla"]
+    return [*argv, "--checkpoint-every", "1", "--learning-rate", "1e-2", "--out", str(out), *extra]
+
+
+def test_a_new_learning_rate_is_refused_before_any_model_loads(
+    settings_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint of `train ... --learning-rate 1e-2` (its manifest, as that run writes it)."""
+    from trainer.checkpoints import MANIFEST, CheckpointInfo, run_record
+    from trainer.dreambooth import TrainConfig
+
+    photos = _write_photos(settings_env / "photos", 4)
+    out = settings_env / "model"
+    config = TrainConfig(steps=1, learning_rate=1e-2, checkpoint_every=1, jit_compile=False)
+    record = run_record(config) | {"identifier": "sks", "class_name": "dog", "resolution": 64}
+    info = CheckpointInfo(1, "weights-0000001.npz", "", "optimizer-0000001.npz", "", 1, record)
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / MANIFEST).write_text(json.dumps(info.manifest()))
+    monkeypatch.setattr("trainer.presets.build_preset", _stop)  # where the slow part begins
+
+    assert main(_train(photos, out, "--learning-rate", "2e-2")) == 1
+    err = capsys.readouterr().err
+    assert f"The checkpoint in {out / 'checkpoints'} (step 1) comes from a different run" in err
+    assert "  - learning rate: 0.01 then, 0.02 now\n" in err
+    assert "add --fresh (this discards it), or give another --out" in err
+    assert main(_train(photos, out, "--learning-rate", "2e-2", "--fresh")) == 130
+    assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.slow  # 1-2 minutes here: one real training step, then runs that stop early
+def test_rerunning_into_the_same_out_resumes_only_the_same_run(
+    settings_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = _write_photos(settings_env / "photos", 4)
+    others = _write_photos(settings_env / "others", 4)
+    edited = np.array(Image.open(others / "photo0.png"))
+    edited[40:60, 40:60] = (0, 255, 0)
+    Image.fromarray(edited).save(others / "photo0.png")  # the same set, one photo retouched
+    out = settings_env / "model"
+    manifest = out / "checkpoints" / "checkpoint.json"
+
+    # A run interrupted after its checkpoint, before exporting.
+    with monkeypatch.context() as patch:
+        patch.setattr("trainer.training.export_model", _stop)
+        assert main(_train(photos, out)) == 130
+    written = manifest.read_bytes()
+    assert "step 1/1" in capsys.readouterr().err
+
+    assert main(_train(photos, out, "--learning-rate", "2e-2")) == 1
+    err = capsys.readouterr().err
+    assert "learning rate: 0.01 then, 0.02 now" in err and "add --fresh" in err
+    assert main(_train(others, out)) == 1
+    # (how many pass the photo check depends on its duplicate rule; any change is refused)
+    err = capsys.readouterr().err
+    assert re.search(r"subject photos: (different ones now|\d then, \d now)", err), err
+    assert manifest.read_bytes() == written  # refusing leaves the checkpoint as it was
+
+    # Not refused: new photos into a new --out, or into a copy of this one with --fresh (which
+    # discards the old checkpoint). Both are stopped once they start encoding, after every check.
+    shutil.copytree(out, settings_env / "copy")
+    with monkeypatch.context() as patch:
+        patch.setattr("trainer.training.encode_training_data", _stop)
+        assert main(_train(others, settings_env / "other-model")) == 130
+        assert main(_train(others, settings_env / "copy", "--fresh")) == 130
+    assert not (settings_env / "copy" / "checkpoints").exists()
+    assert "different run" not in capsys.readouterr().err
+
+    # The same command again resumes: nothing is trained again, the model is exported.
+    assert main(_train(photos, out)) == 0
+    captured = capsys.readouterr()
+    assert f"found a checkpoint at step 1 in {out / 'checkpoints'}" in captured.err
+    assert "step 1/1" not in captured.err
+    assert "lora model of 'a photo of sks dog' after 1 steps" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["lora.npz", "model.json"]
