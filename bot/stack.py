@@ -1,6 +1,7 @@
 """`dreambot up` and `dreambot bot`: run the pieces, and stop every one of them cleanly.
 
-``up`` starts the embedded Redis (when REDIS_URL is empty), one worker process and the bot, and
+``up`` starts the embedded Redis (when REDIS_URL is empty), one worker process serving both queues
+(``dreambot worker --queue all``) and the bot, and
 on SIGINT/SIGTERM (or when any piece dies) stops them in reverse order: bot, worker, Redis.
 """
 
@@ -108,6 +109,8 @@ async def _serve(
                 "-m",
                 "dreambot",
                 "worker",
+                "--queue",
+                "all",  # one process serves both queues, sharing the card's one copy of the model
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
             )

@@ -99,6 +99,11 @@ class BlobKeys:
         return _join("jobs", job_id, "spec.json")
 
     @staticmethod
+    def job_result(job_id: str) -> str:
+        """A finished job's result (written by the worker last, so a re-run can return it)."""
+        return _join("jobs", job_id, "result.json")
+
+    @staticmethod
     def output(job_id: str, index: int) -> str:
         """A generated image of an imagine job."""
         return _join("outputs", job_id, f"{index:02d}.png")

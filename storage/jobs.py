@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any, Self
 
 from storage.blobs import keys
-from storage.errors import InvalidArgument, StorageError
+from storage.errors import InvalidArgument, StorageError, UserFacingError
 from storage.rules import (
     DEFAULT_CLASS_IMAGES,
     DEFAULT_GUIDANCE,
@@ -43,17 +43,24 @@ __all__ = [
     "GENERATE_FUNCTION",
     "GENERATE_QUEUE",
     "PROGRESS_TTL_S",
+    "QUEUES",
+    "SAMPLE_SEEDS",
     "TRAIN_FUNCTION",
     "TRAIN_QUEUE",
+    "WORKER_KEY_PREFIX",
     "GenerateResult",
     "GenerateSpec",
+    "JobCancelled",
+    "JobFailed",
     "Progress",
     "Stage",
     "TrainResult",
     "TrainSpec",
     "progress_key",
     "queue_for",
+    "result_key",
     "spec_key",
+    "worker_key",
 ]
 
 TRAIN_FUNCTION = "train_model"
@@ -61,7 +68,13 @@ GENERATE_FUNCTION = "generate_images"
 # arq queue names: training and generation are separate so a long training never blocks /imagine.
 TRAIN_QUEUE = "dreambot:queue:train"
 GENERATE_QUEUE = "dreambot:queue:generate"
+# The queues by the name `dreambot worker --queue` takes.
+QUEUES = {"train": TRAIN_QUEUE, "generate": GENERATE_QUEUE}
 PROGRESS_TTL_S = 7 * 24 * 3600
+# Every live worker process keeps a short-lived key here (who it is, what it runs).
+WORKER_KEY_PREFIX = "dreambot:worker:"
+# A finished training draws its sample images (for the completion message) from these seeds.
+SAMPLE_SEEDS = (0, 1, 2, 3)
 
 
 def queue_for(function: str) -> str:
@@ -79,6 +92,41 @@ def progress_key(job_id: str) -> str:
 def spec_key(job_id: str) -> str:
     """Blob key of a job's spec (built from the id only)."""
     return keys.job_spec(job_id)
+
+
+def result_key(job_id: str) -> str:
+    """Blob key of a finished job's result JSON (written last, after every output)."""
+    return keys.job_result(job_id)
+
+
+def worker_key(worker_id: str) -> str:
+    return f"{WORKER_KEY_PREFIX}{worker_id}"
+
+
+class JobFailed(UserFacingError):
+    """A job that ended with an error; ``message`` is for the person who asked.
+
+    ``permanent`` says whether running it again could help (a bad spec or unusable photos
+    never will). It survives arq's pickling of results with every field, which a subclass with
+    other constructor arguments would not.
+    """
+
+    def __init__(self, message: str, code: str = "job_failed", permanent: bool = True) -> None:
+        super().__init__(message, code=code)
+        self.permanent = permanent
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.code, self.permanent))
+
+
+class JobCancelled(UserFacingError):
+    """The job was cancelled before it finished; nothing was stored."""
+
+    def __init__(self, message: str = "The job was cancelled.") -> None:
+        super().__init__(message, code="cancelled")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message,))
 
 
 class _Json:
@@ -169,6 +217,8 @@ class TrainResult(_Json):
     steps: int
     final_loss: float
     seconds: float
+    sample_keys: list[str] = field(default_factory=list)
+    hub_repo: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +238,7 @@ class Stage(StrEnum):
     GENERATING = "generating"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.e2e
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DISCORD_TOKEN")}
-    env.update({"DATA_DIR": str(tmp_path / "data"), **extra})
+    # The worker loads its base model at start: the tiny one, which needs no weight files.
+    env.update({"DATA_DIR": str(tmp_path / "data"), "MODEL_PRESET": "tiny", **extra})
     return env
 
 

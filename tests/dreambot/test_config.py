@@ -32,9 +32,22 @@ def test_each_variable_has_one_owner_and_env_example_lists_exactly_them() -> Non
     assert {"DATA_DIR", "DATABASE_PATH", "BLOB_URL", "REDIS_URL"} == {
         n.upper() for n in StorageSettings.model_fields
     }
-    assert {"MODEL_PRESET", "WEIGHTS_DIR", "BPE_PATH", "HF_TOKEN", "HF_NAMESPACE"} == {
-        n.upper() for n in TrainerSettings.model_fields
-    }
+    assert {
+        "MODEL_PRESET",
+        "WEIGHTS_DIR",
+        "BPE_PATH",
+        "HF_TOKEN",
+        "HF_NAMESPACE",
+        "TRAIN_TIMEOUT_S",
+        "GENERATE_TIMEOUT_S",
+        "RECOVERY_WINDOW_S",
+        "JOB_MAX_TRIES",
+        "RETRY_BACKOFF_S",
+        "CHECKPOINT_EVERY",
+        "MODEL_CACHE_SIZE",
+        "WORKER_XLA",
+        "QUEUE_POLL_S",
+    } == {n.upper() for n in TrainerSettings.model_fields}
     assert _variables((ROOT / ".env.example").read_text()) == set(fields)
 
 

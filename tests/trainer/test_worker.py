@@ -1,4 +1,5 @@
-"""The worker process: serves jobs from the real Redis and stops cleanly on SIGTERM."""
+"""The worker process: serves jobs from the real Redis, stops cleanly on SIGTERM, and refuses
+to start (at once, with the train command's message) when its base model cannot load."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from arq import create_pool
@@ -45,10 +47,35 @@ def test_worker_without_redis_url_explains() -> None:
         build_worker("")
 
 
-def test_worker_process_stops_on_sigterm(redis_server: EmbeddedRedis) -> None:
-    env = {**os.environ, "REDIS_URL": redis_server.url}
+def _worker_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WEIGHTS_DIR", "BPE_PATH")}
+    env.update({"DATA_DIR": str(tmp_path / "data"), **extra})
+    return env
+
+
+def test_worker_with_sd_v1_and_no_weights_exits_at_once(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """It says what `dreambot train` says, instead of starting and failing every job."""
+    env = _worker_env(tmp_path, REDIS_URL=redis_server.url, MODEL_PRESET="sd-v1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "dreambot", "worker"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "dreambot worker: error: The sd-v1 preset needs WEIGHTS_DIR" in proc.stderr
+    assert "ready on" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_worker_process_stops_on_sigterm(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    env = _worker_env(tmp_path, REDIS_URL=redis_server.url, MODEL_PRESET="tiny")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dreambot", "worker"],
+        cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -56,7 +83,7 @@ def test_worker_process_stops_on_sigterm(redis_server: EmbeddedRedis) -> None:
     )
     try:
         assert proc.stdout is not None
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         seen = ""
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
