@@ -109,7 +109,7 @@ def test_the_reader_sees_lazy_and_module_level_imports() -> None:
     by_module = {(i.module, i.target): i for i in IMPORTS}
     assert not by_module[("dreambot.cli", "bot.cli")].lazy
     assert not by_module[("dreambot.cli", "trainer.cli")].lazy
-    assert by_module[("trainer.cli", "trainer.presets")].lazy  # inside the train handler
+    assert by_module[("trainer.cli_train", "trainer.presets")].lazy  # inside the train handler
     assert by_module[("bot.cli", "bot.stack")].lazy
 
 
@@ -263,6 +263,8 @@ def test_dreambot_bot_loads_no_tensorflow(tmp_path: Path) -> None:
 
 @pytest.mark.queue
 def test_dreambot_worker_loads_no_discord(tmp_path: Path, redis_server: EmbeddedRedis) -> None:
-    loaded = _loaded(["worker"], {"REDIS_URL": redis_server.url}, tmp_path, stop_after=3)
+    # The tiny preset loads in seconds; the worker then serves until the SIGTERM.
+    env = {"REDIS_URL": redis_server.url, "MODEL_PRESET": "tiny"}
+    loaded = _loaded(["worker"], env, tmp_path, stop_after=30)
     assert "arq" in loaded  # the worker really ran
     assert "discord" not in loaded
