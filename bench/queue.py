@@ -12,8 +12,12 @@ with a warm against a cold model cache.
 3. **Generation** on the tiny preset in this process: images/s for a model already merged into the
    base (warm), for a model not in the cache (cold: fetch from the blob store and merge), and the
    LoRA swap time between two cached models.
+4. **Generation during a training** (skip with ``--no-interleave``): one ``--queue all`` worker
+   group on the tiny preset with the worker's default settings, its sampler warmed as at
+   startup; enqueue → result of a default /imagine request (4 images, 30 steps) while the worker
+   is idle (the baseline) and while it runs a long training, and the training's step time.
 
-    .venv/bin/python -m bench.queue [--jobs 200] [--no-recovery]
+    .venv/bin/python -m bench.queue [--jobs 200] [--no-recovery] [--no-interleave]
 
 Last line: ``pickup_p50_ms: <float>``. Goals: pickup p50 < 50 ms, recovery < 90 s.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import statistics
@@ -38,8 +43,9 @@ from arq import create_pool
 from arq.connections import RedisSettings
 
 from storage.blobs import BlobStore
-from storage.jobs import GENERATE_QUEUE, Progress, progress_key
+from storage.jobs import GENERATE_QUEUE, GenerateSpec, Progress, progress_key
 from storage.redis_server import EmbeddedRedis
+from storage.rules import MAX_TRAIN_STEPS
 from trainer.config import WorkerConfig
 
 
@@ -129,6 +135,7 @@ def generation(blob_url: str) -> dict[str, float]:
     from tests.trainer.workers import upload_lora_model
     from trainer.presets import build_preset
     from trainer.worker import build_runtime
+    from trainer.worker.bodies import draw_png, warm_up
 
     store = BlobStore(blob_url)
     rt = build_runtime(build_preset("tiny", seed=0), store, WorkerConfig(cache_size=4))
@@ -137,11 +144,11 @@ def generation(blob_url: str) -> dict[str, float]:
     def draw(model_id: str | None) -> float:
         started = time.perf_counter()
         sampler = rt.cache.sampler_for(model_id)
-        sampler.generate("a photo of sks dog", seeds=list(range(n)), steps=steps)
+        draw_png(sampler, "a photo of sks dog", list(range(n)), steps=steps)  # as the worker does
         return time.perf_counter() - started
 
     def run() -> dict[str, float]:
-        draw(None)  # trace the sampler once
+        warm_up(rt)  # compile the sampler, as a worker does at startup
         for i in range(rounds + 2):
             upload_lora_model(store, rt.base, f"bench-{i}", seed=i)
         cold = [draw(f"bench-{i}") for i in range(rounds)]  # each a cache miss
@@ -164,10 +171,70 @@ def generation(blob_url: str) -> dict[str, float]:
         rt.close()
 
 
+async def interleave(url: str, blob_url: str, rounds: int = 8) -> dict[str, float]:
+    """Milliseconds from enqueue to result of a default /imagine request on an idle ``--queue
+    all`` worker and on one running a training; and the training's step time."""
+    from bot.queue import JobQueue
+    from storage.jobs import JobCancelled
+    from tests.trainer.workers import new_id, train_spec
+    from trainer.presets import build_preset
+    from trainer.worker import WorkerGroup, build_runtime
+    from trainer.worker.bodies import warm_up
+
+    store = BlobStore(blob_url)
+    rt = build_runtime(build_preset("tiny", seed=0), store, WorkerConfig())
+    await asyncio.wrap_future(rt.tf.submit_future(lambda: warm_up(rt)))
+    group = WorkerGroup(rt, url, "all")
+    await group.start()
+    queue = await JobQueue.connect(url, store)
+
+    async def imagine() -> float:
+        spec = GenerateSpec(new_id("imagine"), "a photo of sks dog", seeds=[1, 2, 3, 4])
+        sent = time.perf_counter()
+        await queue.enqueue(spec)
+        await queue.result(spec.job_id, timeout=120, poll_s=0.005)
+        return (time.perf_counter() - sent) * 1000
+
+    async def step_now() -> tuple[float, int]:
+        progress = await queue.progress(train.job_id)
+        assert progress is not None
+        return progress.updated_at, progress.step  # when the worker wrote it
+
+    try:
+        await imagine()  # the first request of its size after warm-up: nothing left to compile
+        idle = [await imagine() for _ in range(rounds)]
+        train = train_spec(store, new_id("long"), steps=MAX_TRAIN_STEPS)
+        await queue.enqueue(train)
+        while (p := await queue.progress(train.job_id)) is None or p.step < 3:
+            await asyncio.sleep(0.05)  # past the first (traced) steps
+        t0, s0 = await step_now()
+        await asyncio.sleep(5)  # progress is written every ~2 s: a window of clean steps
+        t1, s1 = await step_now()
+        busy = [await imagine() for _ in range(rounds)]
+        status = await queue.status(train.job_id)
+        assert status.state == "running", status
+        await queue.cancel(train.job_id)
+        with contextlib.suppress(JobCancelled):
+            await queue.result(train.job_id, timeout=120)
+    finally:
+        await queue.close()
+        await group.close()
+        rt.close()
+    return {
+        "idle_p50_ms": statistics.median(idle),
+        "busy_p50_ms": statistics.median(busy),
+        "busy_max_ms": max(busy),
+        "step_ms": (t1 - t0) / max(1, s1 - s0) * 1000,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=200, help="no-op jobs for pickup latency")
     parser.add_argument("--no-recovery", action="store_true", help="skip the SIGKILL recovery")
+    parser.add_argument(
+        "--no-interleave", action="store_true", help="skip generation during a training"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -191,6 +258,14 @@ def main() -> int:
                 f"images/s, cold {figures['cold_images_per_s']:.1f} images/s, "
                 f"LoRA swap {figures['lora_swap_ms']:.1f} ms"
             )
+            if not args.no_interleave:
+                mixed = asyncio.run(interleave(url, blob_url))
+                print(
+                    "generation on a --queue all worker (tiny, 4 images x 30 steps, enqueue to "
+                    f"result, p50): idle {mixed['idle_p50_ms']:.0f} ms, during a training "
+                    f"{mixed['busy_p50_ms']:.0f} ms (max {mixed['busy_max_ms']:.0f} ms); "
+                    f"training step {mixed['step_ms']:.0f} ms"
+                )
             if not args.no_recovery:
                 window = WorkerConfig().recovery_window_s
                 seconds = asyncio.run(recovery(url, blob_url, root))

@@ -180,6 +180,10 @@ class Sampler:
             self._contexts[prompt] = cached
         return cached
 
+    def clear_prompt_cache(self) -> None:
+        """Forget cached prompt encodings (after the text encoder's weights changed)."""
+        self._contexts.clear()
+
     # -- noise and steps ----------------------------------------------------------------------
 
     def initial_noise(self, seeds: Sequence[int]) -> tf.Tensor:

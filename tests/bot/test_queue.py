@@ -14,12 +14,14 @@ from bot.queue import JobQueue, JobState
 from storage.blobs import BlobStore
 from storage.jobs import (
     GENERATE_QUEUE,
+    PROGRESS_TTL_S,
     TRAIN_QUEUE,
     GenerateResult,
     GenerateSpec,
     JobCancelled,
     JobFailed,
     TrainSpec,
+    progress_key,
     result_key,
     spec_key,
 )
@@ -56,6 +58,7 @@ async def test_enqueue_writes_the_spec_then_queues_the_id_once(queue: JobQueue) 
     assert await queue.redis.zcard(TRAIN_QUEUE) == 1
     progress = await queue.progress("t1")
     assert progress is not None and progress.stage == "queued"
+    assert 0 < await queue.redis.ttl(progress_key("t1")) <= PROGRESS_TTL_S  # progress expires
 
 
 async def test_positions_count_waiting_jobs_and_queues_are_separate(queue: JobQueue) -> None:
@@ -85,6 +88,7 @@ async def test_cancelling_a_queued_job_takes_it_off_the_queue_at_once(queue: Job
         await queue.result("x", timeout=5)
     assert (await queue.status("x")).state == JobState.CANCELLED
     assert (await queue.progress("x")).stage == "cancelled"  # type: ignore[union-attr]
+    assert 0 < await queue.redis.ttl(progress_key("x")) <= PROGRESS_TTL_S
     assert await queue.position("y") == 0
     assert not await queue.cancel("x")  # already over
     assert not await queue.enqueue(_train("x"))  # its id stays used: a cancel is final

@@ -1,8 +1,10 @@
-"""The worker process: serves jobs from the real Redis, stops cleanly on SIGTERM, and refuses
-to start (at once, with the train command's message) when its base model cannot load."""
+"""The worker process: serves jobs from the real Redis (both queues by default, as `dreambot up`
+runs it), compiles its sampler before taking jobs, stops cleanly on SIGTERM, and refuses to start
+(at once, with the train command's message) when its base model cannot load."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -71,8 +73,23 @@ def test_worker_with_sd_v1_and_no_weights_exits_at_once(
     assert "ready on" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
 
 
-def test_worker_process_stops_on_sigterm(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+async def _ping_both_queues(url: str) -> list[dict[str, object]]:
+    pool = await create_pool(RedisSettings.from_dsn(url))
+    try:
+        queues = (TRAIN_QUEUE, GENERATE_QUEUE)
+        jobs = [await pool.enqueue_job("ping", _queue_name=q) for q in queues]
+        return [await job.result(timeout=30) for job in jobs if job is not None]
+    finally:
+        await pool.aclose()
+
+
+def test_worker_process_serves_both_queues_and_stops_on_sigterm(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """`dreambot worker` (no --queue: all, what `dreambot up` runs) compiles its sampler, then
+    answers on both queues from one process."""
     env = _worker_env(tmp_path, REDIS_URL=redis_server.url, MODEL_PRESET="tiny")
+    env.pop("WORKER_XLA", None)  # the production default: an XLA-compiled sampler
     proc = subprocess.Popen(
         [sys.executable, "-m", "dreambot", "worker"],
         cwd=tmp_path,
@@ -91,6 +108,10 @@ def test_worker_process_stops_on_sigterm(redis_server: EmbeddedRedis, tmp_path: 
             if "ready on" in line or not line:
                 break
         assert "ready on" in seen, seen
+        assert "sampler for 64px compiled in" in seen, seen  # before any job is taken
+        answers = asyncio.run(_ping_both_queues(redis_server.url))
+        assert [a["pid"] for a in answers] == [proc.pid, proc.pid], answers
+        assert [a["queue"] for a in answers] == [TRAIN_QUEUE, GENERATE_QUEUE]
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:

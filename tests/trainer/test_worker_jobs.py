@@ -6,6 +6,8 @@ Tests that train are marked slow: each new trainer traces its step (17-50 s here
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 import io
 import time
 from typing import Any
@@ -17,12 +19,15 @@ from bot.queue import JobQueue, JobState
 from storage.blobs import BlobStore, keys
 from storage.jobs import (
     GENERATE_FUNCTION,
+    PROGRESS_TTL_S,
     TRAIN_FUNCTION,
     GenerateResult,
+    GenerateSpec,
     JobCancelled,
     JobFailed,
     Stage,
     TrainResult,
+    progress_key,
     result_key,
 )
 from tests.trainer.workers import (
@@ -96,6 +101,7 @@ async def test_generation_completes_with_the_requested_seeds(
         with Image.open(io.BytesIO(worker_store.get(key))) as image:
             assert image.size == (64, 64)
     assert (await job_queue.progress(job_id)).stage == "done"  # type: ignore[union-attr]
+    assert 0 < await job_queue.redis.ttl(progress_key(job_id)) <= PROGRESS_TTL_S  # it expires
 
 
 async def test_the_same_job_id_runs_once(
@@ -140,6 +146,9 @@ async def test_cancel_mid_training_stops_within_a_step_and_the_next_job_runs(
     assert worker_store.list(keys.model_prefix(spec.model_id)) == []  # no model stored
     assert worker_store.list(keys.checkpoint_prefix(job_id)) == []
     assert not worker_runtime.tf.busy
+    gc.collect()
+    kept = [o for o in gc.get_objects() if type(o).__name__ == "DreamBoothTrainer"]
+    assert not kept, "the cancelled training's trainer (its UNet copy) is still in memory"
     assert not await job_queue.cancel(job_id)  # already over
     follow = new_id("after-cancel")
     assert await job_queue.enqueue(generate_spec(follow))
@@ -219,3 +228,44 @@ async def test_a_transient_error_gives_up_after_the_configured_tries(
         await job_queue.result(job_id, timeout=60)
     assert not failed.value.permanent
     assert worker_runtime.jobs_run[GENERATE_FUNCTION] == before + worker_runtime.config.max_tries
+
+
+async def test_job_timeouts_come_from_the_settings(
+    worker_group: Any, job_queue: JobQueue, queue_url: str, worker_runtime: Any
+) -> None:
+    """TRAIN_TIMEOUT_S / GENERATE_TIMEOUT_S reach arq's functions and the job's own limit: a
+    generation over its limit is stopped and failed (not retried)."""
+    from trainer.config import TrainerSettings, WorkerConfig
+    from trainer.worker import build_worker
+    from trainer.worker.process import _TIMEOUT_GRACE_S
+
+    settings = TrainerSettings(train_timeout_s=5400, generate_timeout_s=0.02)
+    config = WorkerConfig.from_settings(settings)
+    original = worker_runtime.config
+    worker_runtime.config = dataclasses.replace(
+        original,
+        train_timeout_s=config.train_timeout_s,
+        generate_timeout_s=config.generate_timeout_s,
+    )
+    try:
+        for queue, function, limit in (
+            ("train", TRAIN_FUNCTION, 5400),
+            ("generate", GENERATE_FUNCTION, 0.02),
+        ):
+            arq_worker = build_worker(queue_url, queue, runtime=worker_runtime)
+            assert arq_worker.functions[function].timeout_s == limit + _TIMEOUT_GRACE_S
+        before = worker_runtime.jobs_run.get(GENERATE_FUNCTION, 0)
+        job_id = new_id("slow")
+        spec = GenerateSpec(job_id, "a photo of sks dog", steps=40, n_images=2, seeds=[1, 2])
+        assert await job_queue.enqueue(spec)
+        with pytest.raises(JobFailed, match="longer than the 0 s allowed") as failed:
+            await job_queue.result(job_id, timeout=60)
+    finally:
+        worker_runtime.config = original
+    assert failed.value.code == "timeout"
+    assert worker_runtime.jobs_run[GENERATE_FUNCTION] == before + 1
+    assert not worker_runtime.store.exists(result_key(job_id))
+    assert worker_runtime.store.list(keys.outputs_prefix(job_id)) == []
+    follow = new_id("after-timeout")  # the worker goes on as usual
+    assert await job_queue.enqueue(generate_spec(follow))
+    assert isinstance(await job_queue.result(follow, timeout=60), GenerateResult)

@@ -7,6 +7,9 @@
 - :mod:`.cache`: personal models for generation over the shared base; :mod:`.hub`: Hub hosting;
 - :mod:`.runtime`: what the process loads once (base model, sampler, cache, blob store).
 
+A worker serves one resolution: the base model is built at it (``TRAIN_RESOLUTION`` for sd-v1,
+the preset's own for tiny), with one sampler, compiled at startup by :func:`.bodies.warm_up`.
+
 Importing this package imports TensorFlow (through the runtime); the CLI imports it only inside
 the ``worker`` command.
 """
@@ -20,6 +23,7 @@ import os
 from storage.config import StorageSettings
 from storage.jobs import QUEUES
 from trainer.config import TrainerSettings, WorkerConfig
+from trainer.worker.bodies import warm_up
 from trainer.worker.process import QUEUE_CHOICES, WorkerGroup, build_worker, ping, queues_for
 from trainer.worker.runtime import Runtime, build_runtime, load_runtime
 
@@ -44,7 +48,8 @@ def run_worker(
     *,
     resolution: int,
 ) -> int:
-    """Load the base model, then serve until SIGINT/SIGTERM; returns the exit code.
+    """Load the base model and compile its sampler, then serve until SIGINT/SIGTERM; returns
+    the exit code.
 
     Bad settings (no REDIS_URL, an unknown queue, sd-v1 without its weight files) raise a
     ConfigError before anything is served, so a misconfigured worker exits at once.
@@ -55,6 +60,9 @@ def run_worker(
     config = WorkerConfig.from_settings(trainer)
     runtime = load_runtime(storage, trainer, config, resolution=resolution)
     try:
+        # On the TensorFlow thread, like every job; the worker takes jobs once it is done.
+        seconds = runtime.tf.submit_future(lambda: warm_up(runtime)).result()
+        log.info("sampler for %spx compiled in %.1f s", runtime.base.resolution, seconds)
         asyncio.run(WorkerGroup(runtime, storage.redis_url, queue).run())
     finally:
         runtime.close()

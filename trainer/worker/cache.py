@@ -156,7 +156,7 @@ class ModelCache:
         """Cached prompt encodings were made by the text encoder as it was; drop them."""
         for sampler in [self.base_sampler, *(e.sampler for e in self._entries.values())]:
             if sampler is not None:
-                sampler._contexts.clear()
+                sampler.clear_prompt_cache()
 
     # -- personal models ---------------------------------------------------------------------
 

@@ -120,12 +120,13 @@ async def _run(
     token = StopToken()
     rt.jobs_run[function] = rt.jobs_run.get(function, 0) + 1
     future: Future[str] = rt.tf.submit_future(lambda: body(rt, spec, report, token), priority)
+    waiter = asyncio.wrap_future(future)  # one waiter, so _stop can collect its outcome
     try:
         async with asyncio.timeout(timeout_s):
-            return await asyncio.shield(asyncio.wrap_future(future))
+            return await asyncio.shield(waiter)
     except asyncio.CancelledError:
         aborted = _aborted(ctx, job_id)
-        await _stop(future, token, "cancelled" if aborted else "the worker is stopping")
+        await _stop(future, waiter, token, "cancelled" if aborted else "the worker is stopping")
         if aborted:
             await asyncio.to_thread(rt.store.delete_prefix, keys.checkpoint_prefix(job_id))
             report.stage(Stage.CANCELLED, "cancelled")
@@ -134,7 +135,7 @@ async def _run(
         await rt.writer.flush()
         raise
     except TimeoutError:
-        await _stop(future, token, "timed out")
+        await _stop(future, waiter, token, "timed out")
         failure = JobFailed(
             f"The job took longer than the {timeout_s:.0f} s allowed and was stopped.", "timeout"
         )
@@ -157,14 +158,18 @@ async def _run(
         raise failure from exc
 
 
-async def _stop(future: Future[str], token: StopToken, reason: str) -> None:
+async def _stop(
+    future: Future[str], waiter: asyncio.Future[str], token: StopToken, reason: str
+) -> None:
     """Tell the body to stop and wait until it has (at most one training step)."""
     token.stop(reason)
     if future.cancel():  # not started yet: it never will
         return
-    while not future.done():  # a second cancel (the worker closing) must not cut this short
+    while not waiter.done():  # a second cancel (the worker closing) must not cut this short
         with contextlib.suppress(BaseException):
-            await asyncio.shield(asyncio.wrap_future(future))
+            await asyncio.shield(waiter)
+    if not waiter.cancelled():
+        waiter.exception()  # collected: the body's Stopped is how this job was meant to end
 
 
 async def train_model(ctx: dict[str, Any], job_id: str) -> str:
