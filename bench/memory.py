@@ -1,11 +1,13 @@
 """Training memory at real size: one sd-v1 UNet step per configuration, projected to 512 px.
 
-The real-size sd-v1 UNet (random weights), batch 1 instance + 1 class, on this CPU, at 128 px
-and 256 px. Memory is TensorFlow's own count of the bytes its allocator hands out (reset before
-each measured step), which is what a GPU would have to hold; a GPU adds its CUDA context
+The real-size sd-v1 UNet (random weights), batch 1 instance + 1 class, on this CPU: LoRA at
+256 px, full fine-tuning (weights, gradients and AdamW state: ~14 GB) at 128 px. Memory is
+TensorFlow's own count of the bytes its allocator hands out (reset before each measured step),
+which is what a GPU would have to hold; a GPU adds its CUDA context
 (~0.5 GB, reasoned, not measured here). For each configuration:
 
-- ``static``: weights and optimizer state, held before the step;
+- ``static``: weights and optimizer state (counted from the variables); LoRA under mixed
+  precision keeps its frozen base in half precision, as the trainer does;
 - ``step``: the peak during one step above that: activations kept for the backward pass,
   attention scores, gradients.
 
@@ -18,13 +20,17 @@ Projection to a resolution r (s = (r / 128)^2, the latent-pixel ratio):
     step(r)  = g + a*s + attn(r)    g = bytes of the trained weights' gradients, plus under
                                         mixed precision the half-precision weight copies each
                                         layer makes and autodiff keeps (2 bytes per weight)
-                                    a = (step(256) - g - attn(256)) / 4, from the 256 px run
+                                    a = (step(R) - g - attn(R)) / s(R), from the run at
+                                        the highest resolution R measured (LoRA 256 px,
+                                        full fine-tuning 128 px by default)
     total(r) = static + step(r)
 
 (everything else a step holds, convolutions, norms, projections, grows with the pixels).
-The 128 px run checks the fit: its projection is printed beside its measurement.
+A run at a second resolution (``--lora-res 128,256``) checks the fit: its projection is
+printed beside its measurement.
 
-    .venv/bin/python -m bench.memory [--only lora|full]
+    .venv/bin/python -m bench.memory [--only lora|full] [--lora-res 128,256] [--full-res 128]
+                                     [--all]
 
 Ends with ``lora_512_gb: <float>``: the projection for LoRA with this trainer's GPU defaults
 (mixed precision, tiled attention, no remat).
@@ -46,10 +52,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bench._real_size import available_bytes, peak_rss_bytes, real_trainer, real_unet, stand_in_data
+from bench._real_size import peak_rss_bytes, real_spec, real_trainer, real_unet, stand_in_data
 from trainer.attention import DEFAULT_QUERY_TILE, use_remat, use_tiled_attention
 from trainer.data import make_dataset
-from trainer.dreambooth import TrainConfig, set_compute_policy
+from trainer.dreambooth import TrainConfig, half_precision_base, set_compute_policy
 
 GB = 1024**3
 # Mixed precision is measured as bfloat16: this CPU runs it natively (AVX512-BF16); float16 keeps
@@ -78,15 +84,18 @@ class Variant:
 
 LORA = [
     Variant("lora", "float32", "kerascv", False),  # before this change
-    Variant("lora", "float32", "tiled", False),
-    Variant("lora", MIXED, "kerascv", False),
+    Variant("lora", "float32", "tiled", True),
     Variant("lora", MIXED, "tiled", False),  # the GPU default for LoRA
     Variant("lora", MIXED, "tiled", True),
 ]
 FULL = [
     Variant("full", "float32", "kerascv", False),  # before this change
-    Variant("full", MIXED, "tiled", False),
     Variant("full", MIXED, "tiled", True),  # the GPU default for full fine-tuning
+]
+MORE = [  # --all: the savers one at a time
+    Variant("lora", "float32", "tiled", False),
+    Variant("lora", MIXED, "kerascv", False),
+    Variant("full", MIXED, "tiled", False),
 ]
 GPU_LORA_DEFAULT = Variant("lora", MIXED, "tiled", False)
 
@@ -99,6 +108,8 @@ def measure_step(unet: keras.Model, variant: Variant, resolution: int) -> dict[s
     """Static and step bytes of one training step of ``variant`` on ``unet``."""
     policy = None if variant.precision == "float32" else variant.precision
     set_compute_policy(unet, policy)
+    if variant.method == "lora" and policy is not None:  # as make_trainer does for LoRA
+        unet = half_precision_base(unet, real_spec(resolution), policy)
     use_tiled_attention(unet, variant.attention == "tiled")
     use_remat(unet, variant.remat)
     config = TrainConfig(
@@ -116,6 +127,10 @@ def measure_step(unet: keras.Model, variant: Variant, resolution: int) -> dict[s
     trainer.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)  # trace and first step
     tf.config.experimental.reset_memory_stats("CPU:0")
     before = _memory()["current"]
+    # What this run allocated for good: its UNet's weights, LoRA and optimizer state (counted
+    # from the variables, so a float32 source kept by the bench does not count).
+    held = [*trainer.diffusion_model.weights, *trainer.optimizer.variables]
+    static = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in held)
     start = time.perf_counter()
     trainer.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)
     seconds = time.perf_counter() - start
@@ -123,10 +138,19 @@ def measure_step(unet: keras.Model, variant: Variant, resolution: int) -> dict[s
     del trainer, dataset
     gc.collect()
     # Under mixed precision each layer casts its float32 weights to half precision as it runs,
-    # and autodiff keeps those copies for the backward pass: 2 bytes per UNet weight.
-    copies = 0 if policy is None else 2 * unet.count_params()
+    # and autodiff keeps those copies for the backward pass: 2 bytes per float32 UNet weight.
+    copies = (
+        0
+        if policy is None
+        else 2
+        * sum(
+            int(np.prod(v.shape))
+            for v in unet.weights
+            if v.dtype == "float32" and "lora" not in v.path
+        )
+    )
     return {
-        "static": before,
+        "static": static,
         "step": peak - before,
         "gradients": 4 * trained,
         "copies": copies,
@@ -158,18 +182,28 @@ def attention_bytes(attention: str, precision: str, resolution: int) -> tuple[fl
     return kept_total + work_max, one_block
 
 
+def _resolutions(text: str) -> list[int]:
+    return sorted({int(r) for r in text.split(",")}, reverse=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("lora", "full"), help="measure one method")
+    parser.add_argument("--lora-res", default="256", help="LoRA resolutions (e.g. 128,256)")
+    parser.add_argument("--full-res", default="128", help="full fine-tuning resolutions")
+    parser.add_argument("--all", action="store_true", help="also each saver on its own")
+    parser.add_argument("--precision", help="measure only this precision (e.g. mixed_bfloat16)")
     args = parser.parse_args()
-    variants = {"lora": LORA, "full": FULL}
+    chosen = [*LORA, *FULL, *(MORE if args.all else [])]
     methods = [args.only] if args.only else ["lora", "full"]
+    if args.precision:
+        chosen = [v for v in chosen if v.precision == args.precision]
+    variants = {m: [v for v in chosen if v.method == m] for m in methods}
+    resolutions = {"lora": _resolutions(args.lora_res), "full": _resolutions(args.full_res)}
     print("sd-v1 UNet, random weights, batch 1 instance + 1 class, this CPU")
 
     attn: dict[tuple[str, str, bool, int], float] = {}
-    for attention, precision in sorted(
-        {(v.attention, v.precision) for m in methods for v in variants[m]}
-    ):
+    for attention, precision in sorted({(v.attention, v.precision) for v in chosen}):
         for r in (128, 256, 512):
             plain, remat = attention_bytes(attention, precision, r)
             attn[(attention, precision, False, r)] = plain
@@ -183,13 +217,12 @@ def main() -> int:
             )
 
     measured: dict[tuple[Variant, int], dict[str, float]] = {}
-    for resolution in (256, 128):
-        for method in methods:
+    for method in methods:
+        for resolution in resolutions[method]:
+            keras.backend.clear_session()
+            gc.collect()
             unet = real_unet(resolution)
             for variant in variants[method]:
-                if method == "full" and resolution == 256 and available_bytes() < 20 * GB:
-                    print(f"  {variant.label:44s}  256px skipped: under 20 GB free")
-                    continue
                 got = measure_step(unet, variant, resolution)
                 measured[(variant, resolution)] = got
                 print(
@@ -202,32 +235,31 @@ def main() -> int:
 
     print()
     print("projection: total(r) = static + g + a*s + attn(r), s = (r/128)^2 (see the docstring)")
-    print(f"{'configuration':44s} {'a GB':>6s} {'128 meas':>8s} {'128 proj':>8s} {'512px':>7s}")
+    print(f"{'configuration':44s} {'from':>5s} {'a GB':>6s} {'256px':>7s} {'512px':>7s}  check")
     lora_512 = float("nan")
-    slopes: dict[tuple[str, str, bool], float] = {}
     for method in methods:
         for variant in variants[method]:
             key = (variant.attention, variant.precision, variant.remat)
-            m128 = measured[(variant, 128)]
-            m256 = measured.get((variant, 256))
-            g = m128["gradients"] + m128["copies"]
-            if m256 is not None:
-                a = (m256["step"] - g - attn[(*key, 256)]) / 4
-                slopes[key] = a
-            else:  # full at 256 px did not fit: LoRA's activations through the same UNet
-                a = slopes[key]
-            static = (m256 or m128)["static"]
+            runs = [r for r in resolutions[method] if (variant, r) in measured]
+            top = measured[(variant, runs[0])]
+            g = top["gradients"] + top["copies"]
+            s_top = (runs[0] / 128) ** 2
+            a = (top["step"] - g - attn[(*key, runs[0])]) / s_top
 
-            def total(r: int, static: float = static, a: float = a, g: float = g) -> float:
-                return static + g + a * (r / 128) ** 2 + attn[(*key, r)]  # noqa: B023 (same turn)
+            def total(r: int, m: dict[str, float] = top, a: float = a, g: float = g) -> float:
+                return m["static"] + g + a * (r / 128) ** 2 + attn[(*key, r)]  # noqa: B023
 
-            meas128 = m128["static"] + m128["step"]
+            check = ""
+            for r in runs[1:]:
+                m = measured[(variant, r)]
+                check += f"{r}px measured {(m['static'] + m['step']) / GB:.2f}, "
+                check += f"projected {total(r) / GB:.2f}"
             p512 = total(512)
             if variant == GPU_LORA_DEFAULT:
                 lora_512 = p512 / GB
             print(
-                f"{variant.label:44s} {a / GB:6.2f} {meas128 / GB:8.2f} {total(128) / GB:8.2f} "
-                f"{p512 / GB:7.2f}"
+                f"{variant.label:44s} {runs[0]:5d} {a / GB:6.2f} {total(256) / GB:7.2f} "
+                f"{p512 / GB:7.2f}  {check}"
             )
     print(f"process peak RSS {peak_rss_bytes() / GB:.1f} GB")
     print("goals at 512 px: LoRA <= 10 GB, full <= 24 GB (a GPU adds ~0.5 GB CUDA context)")

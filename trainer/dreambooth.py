@@ -35,6 +35,7 @@ __all__ = [
     "copy_diffusion_model",
     "copy_text_encoder",
     "device_defaults",
+    "half_precision_base",
     "make_trainer",
     "set_compute_policy",
 ]
@@ -325,6 +326,22 @@ def set_compute_policy(model: keras.Model, dtype_policy: str | None) -> None:
         layer.dtype_policy = dtype_policy or "float32"
 
 
+def half_precision_base(source: keras.Model, spec: Any, dtype_policy: str) -> keras.Model:
+    """A UNet whose frozen weights are stored in ``dtype_policy``'s compute dtype.
+
+    For LoRA under mixed precision, as diffusers does with its ``weight_dtype``: the base never
+    trains, so a float32 master copy only costs memory (3.4 GB at real size) and every layer
+    would cast it to half precision on each call anyway (another 1.7 GB kept for the backward
+    pass). Variables created later (the LoRA factors) are float32, computing in half precision.
+    """
+    half = dtype_policy.removeprefix("mixed_")
+    unet = build_diffusion_model(spec, dtype_policy=half)
+    for target, weight in zip(unet.weights, source.weights, strict=True):
+        target.assign(tf.cast(weight.value, target.dtype))
+    set_compute_policy(unet, dtype_policy)
+    return unet
+
+
 def make_trainer(
     preset: Preset,
     data: EncodedData,
@@ -338,9 +355,16 @@ def make_trainer(
     ``in_place`` trains the preset's own UNet instead of a copy: no second 3.4 GB UNet at real
     size. Use it when nothing else needs the untouched base (the CLI, a training-only worker).
     The config's precision, attention and rematerialisation are applied to the trained UNet.
+    LoRA under mixed precision trains on a half-precision copy of the base
+    (:func:`half_precision_base`), which in place replaces the preset's float32 UNet.
     """
+    half_base = config.method == "lora" and config.dtype_policy is not None
     if diffusion_model is not None:
         unet = diffusion_model
+    elif half_base:
+        unet = half_precision_base(preset.diffusion_model, preset.spec, config.dtype_policy)
+        if in_place:  # the float32 base goes: the preset now holds the half-precision one
+            preset.diffusion_model = unet
     elif in_place:
         unet = preset.diffusion_model
         set_compute_policy(unet, config.dtype_policy)

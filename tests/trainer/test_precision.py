@@ -40,3 +40,8 @@ def test_mixed_precision_lora_trains_with_finite_loss(
     assert all(v.dtype == np.float32 for v in after)  # master weights stay float32
     changed = sum(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     assert changed == len(before)
+    # The frozen base is stored in half precision (no float32 master copy), the shared
+    # preset's own UNet is untouched.
+    frozen = {str(v.dtype) for v in trainer.diffusion_model.weights if "lora" not in v.path}
+    assert frozen == {compute}
+    assert {str(v.dtype) for v in tiny_preset.diffusion_model.weights} == {"float32"}
