@@ -179,7 +179,6 @@ class Preset:
             if part == "image_encoder":
                 self._posterior = None
 
-
     @property
     def resolution(self) -> int:
         return self.spec.resolution
