@@ -336,7 +336,8 @@ def half_precision_base(source: keras.Model, spec: Any, dtype_policy: str) -> ke
     """
     half = dtype_policy.removeprefix("mixed_")
     unet = build_diffusion_model(spec, dtype_policy=half)
-    for target, weight in zip(unet.weights, source.weights, strict=True):
+    base = [w for w in source.weights if "lora" not in w.path]  # the base only, never LoRA
+    for target, weight in zip(unet.weights, base, strict=True):
         target.assign(tf.cast(weight.value, target.dtype))
     set_compute_policy(unet, dtype_policy)
     return unet
