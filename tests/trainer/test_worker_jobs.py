@@ -128,6 +128,9 @@ async def test_cancel_mid_training_stops_within_a_step_and_the_next_job_runs(
 ) -> None:
     job_id = new_id("cancel")
     spec = train_spec(worker_store, job_id, steps=5000)
+    gc.collect()
+    # Session fixtures of other tests hold trainers of their own; only this job's must go.
+    earlier = {id(o) for o in gc.get_objects() if type(o).__name__ == "DreamBoothTrainer"}
     assert await job_queue.enqueue(spec)
     deadline = time.monotonic() + 120
     while True:
@@ -147,7 +150,11 @@ async def test_cancel_mid_training_stops_within_a_step_and_the_next_job_runs(
     assert worker_store.list(keys.checkpoint_prefix(job_id)) == []
     assert not worker_runtime.tf.busy
     gc.collect()
-    kept = [o for o in gc.get_objects() if type(o).__name__ == "DreamBoothTrainer"]
+    kept = [
+        o
+        for o in gc.get_objects()
+        if type(o).__name__ == "DreamBoothTrainer" and id(o) not in earlier
+    ]
     assert not kept, "the cancelled training's trainer (its UNet copy) is still in memory"
     assert not await job_queue.cancel(job_id)  # already over
     follow = new_id("after-cancel")
@@ -167,8 +174,10 @@ async def test_generation_runs_between_training_steps(
     gen_id = new_id("between")
     assert await job_queue.enqueue(generate_spec(gen_id))
     assert isinstance(await job_queue.result(gen_id, timeout=60), GenerateResult)
-    status = await job_queue.status(train_id)
-    assert status.state == JobState.RUNNING  # the training is still going
+    # The training is still going: it has neither finished nor stored a result.
+    progress = await job_queue.progress(train_id)
+    assert progress is not None and progress.stage == "training"
+    assert (await job_queue.status(train_id)).state not in (JobState.COMPLETE, JobState.FAILED)
     assert await job_queue.cancel(train_id)
     with pytest.raises(JobCancelled):
         await job_queue.result(train_id, timeout=60)
