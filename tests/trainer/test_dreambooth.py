@@ -163,16 +163,16 @@ def test_xla_step_matches_eager(lora_run: Any, tiny_preset: Any, tiny_data: Any)
 
 def test_device_defaults_follow_the_gpu_generation(monkeypatch: pytest.MonkeyPatch) -> None:
     """bfloat16 from Ampere on, float16 with loss scaling before; remat for full on a GPU."""
-    from trainer import dreambooth
+    from trainer import precision
 
-    monkeypatch.setattr(dreambooth, "gpu_compute_capability", lambda: (8, 6))
-    assert dreambooth.device_defaults("lora") == {
+    monkeypatch.setattr(precision, "gpu_compute_capability", lambda: (8, 6))
+    assert precision.device_defaults("lora") == {
         "precision": "mixed_bfloat16",
         "jit_compile": False,
         "attention": "tiled",
         "remat": False,
     }
-    monkeypatch.setattr(dreambooth, "gpu_compute_capability", lambda: (7, 5))
+    monkeypatch.setattr(precision, "gpu_compute_capability", lambda: (7, 5))
     full = TrainConfig(method="full")
     assert (full.precision, full.remat) == ("mixed_float16", True)
     assert TrainConfig(method="full", remat=False).remat is False  # an explicit choice wins
