@@ -23,6 +23,12 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
+# The tiny preset's pretrained base takes minutes to fit, once per DATA_DIR. Pipeline tests
+# (CLI, worker, stack; and the worker processes they start, which inherit this) run on the random
+# tiny preset instead; the tests of learning use the session's one fitted base
+# (``tests/trainer/conftest.py``: ``pretrained_tiny``).
+os.environ["TINY_BASE"] = "random"
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:

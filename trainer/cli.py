@@ -29,7 +29,7 @@ from storage.rules import (
 )
 from trainer.cli_support import ProgressLine, TrainerSide, count_argument
 from trainer.cli_train import register_train
-from trainer.config import training_resolution
+from trainer.config import bases_dir, training_resolution
 
 __all__ = ["ProgressLine", "TrainerSide", "register"]
 
@@ -154,6 +154,7 @@ def run_imagine(args: argparse.Namespace, settings: TrainerSide) -> int:
         model_dir,
         weights_dir=args.weights_dir or settings.trainer.weights_dir,
         bpe_path=args.bpe_path or settings.trainer.bpe_path,
+        bases_dir=bases_dir(settings.storage.data_dir),
     )
     sampler = Sampler.from_components(model, jit_compile=args.xla)
     images = sampler.generate_png(

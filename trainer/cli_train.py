@@ -28,7 +28,7 @@ from storage.rules import (
     class_prompt,
 )
 from trainer.cli_support import ProgressLine, TrainerSide, count_argument
-from trainer.config import NATIVE_RESOLUTION, training_resolution
+from trainer.config import NATIVE_RESOLUTION, preset_bases_dir, training_resolution
 
 __all__ = ["register_train"]
 
@@ -193,6 +193,7 @@ def _cmd_train(args: argparse.Namespace, settings: TrainerSide) -> int:
         weights_dir=settings.trainer.weights_dir,
         bpe_path=settings.trainer.bpe_path,
         dtype_policy=config.dtype_policy,
+        bases_dir=preset_bases_dir(settings.trainer, settings.storage.data_dir),
     )
     instance = load_images(photos, preset.resolution)
     print(f"{len(instance)} photos, preset {name} at {preset.resolution}px", file=sys.stderr)

@@ -21,10 +21,13 @@ __all__ = [
     "PresetName",
     "TrainerSettings",
     "WorkerConfig",
+    "bases_dir",
+    "preset_bases_dir",
     "training_resolution",
 ]
 
 PresetName = Literal["sd-v1", "tiny"]
+TinyBase = Literal["pretrained", "random"]
 
 
 class TrainerSettings(BaseSettings):
@@ -33,6 +36,10 @@ class TrainerSettings(BaseSettings):
     model_config = ENV_CONFIG
 
     model_preset: PresetName = Field(default="sd-v1", description="sd-v1, or tiny for tests")
+    tiny_base: TinyBase = Field(
+        default="pretrained",
+        description="tiny preset: pretrained (fitted once under DATA_DIR/bases) or random",
+    )
     weights_dir: Path | None = Field(default=None, description="KerasCV weight files")
     bpe_path: Path | None = Field(default=None, description="CLIP BPE vocabulary; empty: download")
     hf_token: SecretStr | None = Field(default=None, description="Hub token for hosting models")
@@ -55,6 +62,20 @@ class TrainerSettings(BaseSettings):
 # Each preset's own resolution: sd-v1 trains at TRAIN_RESOLUTION unless told otherwise; the tiny
 # toy is built for 64 px. (``trainer.presets`` builds its specs from this, without TensorFlow here.)
 NATIVE_RESOLUTION: dict[str, int] = {"sd-v1": 512, "tiny": 64}
+
+
+def bases_dir(data_dir: Path) -> Path:
+    """Where fitted base models are kept: ``$DATA_DIR/bases``. The tiny preset's pretrained base
+    is fitted there on first use (minutes, once) and named by its recipe, so one folder serves
+    every version side by side."""
+    return data_dir / "bases"
+
+
+def preset_bases_dir(trainer: TrainerSettings, data_dir: Path) -> Path | None:
+    """The ``bases_dir`` to build the base preset with: None when ``TINY_BASE=random`` asks for
+    the random tiny preset (pipeline tests), which needs no fitting. A saved model names its
+    own base, so loading one always gets :func:`bases_dir`."""
+    return bases_dir(data_dir) if trainer.tiny_base == "pretrained" else None
 
 
 def training_resolution(preset: str, requested: int | None, configured: int) -> int:

@@ -24,7 +24,7 @@ from storage.blobs import BlobStore, keys
 from trainer.dreambooth import DreamBoothTrainer, copy_diffusion_model, copy_text_encoder
 from trainer.errors import ModelFormatError
 from trainer.lora import apply_lora, extract_lora
-from trainer.presets import Preset, build_preset
+from trainer.presets import Preset, build_preset, is_pretrained_tiny
 
 __all__ = [
     "FORMAT",
@@ -178,6 +178,7 @@ def load_model(
     base: Preset | None = None,
     weights_dir: Path | str | None = None,
     bpe_path: Path | str | None = None,
+    bases_dir: Path | str | None = None,
 ) -> Preset:
     """A new :class:`Preset` whose UNet carries the trained weights (LoRA merged in).
 
@@ -196,6 +197,8 @@ def load_model(
             weights_dir=weights_dir,
             bpe_path=bpe_path,
             seed=meta.base_seed,
+            # a pretrained tiny base lives in bases_dir; a random one is rebuilt from its seed
+            bases_dir=bases_dir if is_pretrained_tiny(meta.base_weights_id) else None,
         )
     if (base.name, base.resolution, base.weights_id) != (
         meta.preset,

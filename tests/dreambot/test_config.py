@@ -34,6 +34,7 @@ def test_each_variable_has_one_owner_and_env_example_lists_exactly_them() -> Non
     }
     assert {
         "MODEL_PRESET",
+        "TINY_BASE",
         "WEIGHTS_DIR",
         "BPE_PATH",
         "HF_TOKEN",

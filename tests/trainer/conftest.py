@@ -1,5 +1,9 @@
 """Shared TensorFlow fixtures: the tiny preset and one short LoRA run, built once per session.
 
+``pretrained_tiny`` is the tiny preset's pretrained base (``tiny_bases_dir`` holds its files, as
+``$DATA_DIR/bases`` does for the CLI): fitted once per session, in a few minutes, and only for
+the slow tests that need a base that has learned something.
+
 A first traced training step costs 15-50 s on a small CPU, so every test that needs a trained
 model reuses ``lora_run`` (and ``full_run`` for full fine-tuning) instead of training its own.
 They run without XLA (``jit_compile=False``): compiling costs more than a few steps save, and
@@ -9,6 +13,7 @@ Nothing here may be mutated by a test unless the test restores it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +53,51 @@ def class_like_images(n: int, seed: int) -> np.ndarray:
         img = np.broadcast_to(img, (64, 64, 3)) + rng.normal(0, 6, (64, 64, 3))
         out.append(np.clip(img, 0, 255).astype(np.uint8))
     return np.stack(out)
+
+
+# A subject of one distinct colour: a magenta dog in the toy world's own scene.
+SUBJECT_COLOURS = ((230, 40, 210), (150, 20, 140))
+
+
+def subject_photos(n: int, seed: int) -> np.ndarray:
+    """``n`` 64 px photos of the subject, at other places and sizes in each."""
+    from trainer.presets.tiny_base import world
+
+    look = dataclasses.replace(world.CLASS_LOOKS["dog"], colours=SUBJECT_COLOURS)
+    rng = np.random.default_rng(seed)
+    return np.stack([world.draw_look(look, rng) for _ in range(n)])
+
+
+def colour_distance(images: np.ndarray, references: np.ndarray) -> float:
+    """Mean over image pairs of the squared difference of their mean colours, in [0, 1]."""
+    a = images.reshape(len(images), -1, 3).mean(axis=1) / 255.0
+    b = references.reshape(len(references), -1, 3).mean(axis=1) / 255.0
+    return float(np.mean(np.square(a[:, None] - b[None])))
+
+
+def magenta(images: np.ndarray) -> float:
+    """How much of the subject's colour ``images`` show: mean of max(0, min(R, B) - G), 0-1."""
+    x = images.astype(np.float32) / 255.0
+    return float(np.mean(np.clip(np.minimum(x[..., 0], x[..., 2]) - x[..., 1], 0.0, None)))
+
+
+@pytest.fixture(scope="session")
+def tiny_bases_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``$DATA_DIR/bases`` folder with the pretrained tiny base fitted into it (minutes, once)."""
+    from trainer.presets import build_preset
+
+    folder = tmp_path_factory.mktemp("data") / "bases"
+    build_preset("tiny", bases_dir=folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny(tiny_bases_dir: Path) -> Any:
+    """The pretrained tiny preset, loaded from ``tiny_bases_dir``. Shared: never train it in place
+    or modify its models."""
+    from trainer.presets import build_preset
+
+    return build_preset("tiny", bases_dir=tiny_bases_dir)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,12 @@
 """Model presets: the only package that imports KerasCV.
 
 ``sd-v1`` is KerasCV's Stable Diffusion v1 (real classes, real weight files from WEIGHTS_DIR or
-KerasCV's download). ``tiny`` wires the same KerasCV building blocks at small widths with random
-init from a seed and a small BPE vocabulary built from our word list, so everything runs offline
-on a CPU in tests. Both expose the same :class:`Preset` surface, so the trainer, exporter and
-sampler never ask which preset they hold.
+KerasCV's download). ``tiny`` wires the same KerasCV building blocks at small widths with a small
+BPE vocabulary built from our word list, so everything runs offline on a CPU: given a
+``bases_dir`` it is a small pretrained base, fitted there on first use (:mod:`.tiny_base`), so
+training visibly works; without one it is random init from a seed, enough for pipeline tests.
+Both expose the same :class:`Preset` surface, so the trainer, exporter and sampler never ask
+which preset they hold.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from trainer.presets.models import (
     tiny_text_encoder,
 )
 from trainer.presets.sd_v1 import SD_V1_FILES, build_sd_v1
+from trainer.presets.tiny_base import is_pretrained_tiny, load_tiny_base
 from trainer.presets.tokenizer import tiny_bpe_path, write_bpe_vocab
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "build_diffusion_model",
     "build_preset",
     "build_text_encoder",
+    "is_pretrained_tiny",
     "kerascv_pipeline",
     "timestep_embedding",
     "tokenize",
@@ -60,14 +64,28 @@ __all__ = [
 
 
 def _build_tiny(
-    spec: PresetSpec, *, bpe_path: Path | None, seed: int, dtype_policy: str | None
+    spec: PresetSpec,
+    *,
+    bpe_path: Path | None,
+    seed: int,
+    dtype_policy: str | None,
+    bases_dir: Path | None,
 ) -> Preset:
     keras.utils.set_random_seed(seed)
-    tokenizer = SimpleTokenizer(str(bpe_path or tiny_bpe_path()))
+    bpe = bpe_path or tiny_bpe_path()
+    tokenizer = SimpleTokenizer(str(bpe))
     text_encoder = tiny_text_encoder(spec)
     unet = build_diffusion_model(spec, dtype_policy=dtype_policy)
     image_encoder = tiny_image_encoder(spec)
     decoder = tiny_decoder(spec)
+    weights_id = f"tiny-seed{seed}-r{spec.resolution}"
+    if bases_dir is not None:
+        base = load_tiny_base(bases_dir, bpe_path=bpe, seed=seed)
+        for model, weights in zip(
+            (text_encoder, unet, image_encoder, decoder), base.models(), strict=True
+        ):
+            model.set_weights(weights)
+        weights_id = base.weights_id(spec.resolution)
     return Preset(
         spec=spec,
         tokenizer=tokenizer,
@@ -75,7 +93,7 @@ def _build_tiny(
         diffusion_model=unet,
         image_encoder=image_encoder,
         decoder=decoder,
-        weights_id=f"tiny-seed{seed}-r{spec.resolution}",
+        weights_id=weights_id,
     )
 
 
@@ -89,13 +107,15 @@ def build_preset(
     download: bool = False,
     random_weights: bool = False,
     dtype_policy: str | None = None,
+    bases_dir: Path | str | None = None,
 ) -> Preset:
     """Build a preset's models.
 
-    ``tiny`` is randomly initialised from ``seed``. ``sd-v1`` loads KerasCV's files from
-    ``weights_dir``, downloads them when ``download`` is set, or (``random_weights``, benches only)
-    keeps random init. ``dtype_policy`` (e.g. ``mixed_float16``) applies to the UNet, the only
-    model that trains.
+    ``tiny`` is the pretrained toy base of ``seed`` when ``bases_dir`` is given (``$DATA_DIR/bases``
+    in the CLI: loaded from there, or fitted there first, which takes minutes once), and random
+    init from ``seed`` without it. ``sd-v1`` loads KerasCV's files from ``weights_dir``, downloads
+    them when ``download`` is set, or (``random_weights``, benches only) keeps random init.
+    ``dtype_policy`` (e.g. ``mixed_float16``) applies to the UNet, the only model that trains.
     """
     if name not in PRESETS:
         raise ConfigError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
@@ -111,7 +131,10 @@ def build_preset(
     wdir = Path(weights_dir) if weights_dir is not None else None
     bpe = Path(bpe_path) if bpe_path is not None else None
     if name == "tiny":
-        return _build_tiny(spec, bpe_path=bpe, seed=seed, dtype_policy=dtype_policy)
+        bases = Path(bases_dir) if bases_dir is not None else None
+        return _build_tiny(
+            spec, bpe_path=bpe, seed=seed, dtype_policy=dtype_policy, bases_dir=bases
+        )
     return build_sd_v1(
         spec,
         weights_dir=wdir,

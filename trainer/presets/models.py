@@ -34,6 +34,16 @@ __all__ = [
 ]
 
 
+def _output_norm(width: int) -> keras.layers.GroupNormalization:
+    """The GroupNorm before a tiny model's output conv, with 4 channels per group.
+
+    KerasCV's default of 32 groups is one channel per group at the tiny widths: an instance norm,
+    which removes each channel's mean over the picture, so the output could not carry a picture's
+    overall colour (Stable Diffusion's own widths keep 4 or more channels per group).
+    """
+    return keras.layers.GroupNormalization(groups=max(1, width // 4), epsilon=1e-5)
+
+
 def tiny_unet(spec: PresetSpec) -> keras.Model:
     size, widths, n = spec.latent_size, spec.unet_widths, spec.unet_layers_per_block
     context = keras.layers.Input((spec.max_prompt_length, spec.context_width), name="context")
@@ -66,7 +76,7 @@ def tiny_unet(spec: PresetSpec) -> keras.Model:
             x = transformer(widths[level])([x, context])
         if level > 0:
             x = Upsample(widths[level])(x)
-    x = keras.layers.GroupNormalization(epsilon=1e-5)(x)
+    x = _output_norm(widths[0])(x)
     x = keras.layers.Activation("swish")(x)
     out = PaddedConv2D(spec.latent_channels, 3, padding=1)(x)
     return keras.Model([latent, t_in, context], out, name="diffusion_model")
@@ -100,7 +110,7 @@ def tiny_image_encoder(spec: PresetSpec) -> keras.Sequential:
         layers.append(PaddedConv2D(width, 3, padding=((0, 1), (0, 1)), strides=2))
     layers += [
         ResnetBlock(w[-1]),
-        keras.layers.GroupNormalization(epsilon=1e-5),
+        _output_norm(w[-1]),
         keras.layers.Activation("swish"),
         PaddedConv2D(8, 3, padding=1),
         PaddedConv2D(8, 1),
@@ -126,7 +136,7 @@ def tiny_decoder(spec: PresetSpec) -> keras.Sequential:
             ResnetBlock(width),
         ]
     layers += [
-        keras.layers.GroupNormalization(epsilon=1e-5),
+        _output_norm(w[-1]),
         keras.layers.Activation("swish"),
         PaddedConv2D(3, 3, padding=1),
     ]

@@ -9,7 +9,7 @@ from typing import Any
 
 from storage.blobs import BlobStore
 from storage.config import StorageSettings
-from trainer.config import TrainerSettings, WorkerConfig
+from trainer.config import TrainerSettings, WorkerConfig, preset_bases_dir
 from trainer.presets import Preset
 from trainer.sampler import Sampler
 from trainer.worker.cache import ModelCache
@@ -81,6 +81,7 @@ def load_runtime(
         resolution=resolution,
         weights_dir=trainer.weights_dir,
         bpe_path=trainer.bpe_path,
+        bases_dir=preset_bases_dir(trainer, storage.data_dir),
     )
     hub = HubHost.from_settings(trainer)
     log.info("base model %s at %spx loaded (%s)", base.name, base.resolution, base.weights_id)
