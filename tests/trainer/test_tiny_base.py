@@ -187,7 +187,7 @@ def test_prompts_draw_their_class_and_colour(pretrained_tiny: Any) -> None:
 
     looks = sorted(set(world.CLASS_WORDS.values()))
     references = {look: cells(world.draw_class(look, 32, seed=7)) for look in looks}
-    for word in ("dog", "cat", "person", "mug", "car", "house"):
+    for word in ("dog", "cat", "person", "man", "woman", "mug", "car", "bird", "house"):
         drawn = cells(draw(class_prompt(word)))
         distance = {
             look: float(np.mean(np.square(drawn[:, None] - refs[None])))

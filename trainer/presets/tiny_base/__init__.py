@@ -154,11 +154,14 @@ def fit_and_write(bases_dir: Path, bpe_path: Path, seed: int = 0) -> Path:
 
 def fit_in_child_process(bases_dir: Path, bpe_path: Path, seed: int) -> None:
     """Run :func:`fit_and_write` in a child process: its compiled training steps (about 2 GB of
-    memory on a CPU) go away with it instead of staying in the caller for its whole life."""
+    memory on a CPU) go away with it instead of staying in the caller for its whole life. The
+    child fits on the CPU: a caller on a GPU may already hold the card's memory, and a CPU fit
+    gives the same base on every machine."""
     root = Path(__file__).resolve().parents[3]  # the folder that holds the trainer package
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+        "CUDA_VISIBLE_DEVICES": "",
     }
     command = [
         sys.executable,
