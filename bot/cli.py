@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _cmd_up(args: argparse.Namespace, settings: BotSide) -> int:
     require_extra("discord", "bot", "up")
     require_extra("tensorflow", "worker", "up")  # `up` runs a worker too
-    from bot.client import quiet_voice_warnings
+    from bot.frontends.discord.client import quiet_voice_warnings
     from bot.stack import run_up
 
     quiet_voice_warnings()
@@ -66,7 +66,7 @@ def _cmd_up(args: argparse.Namespace, settings: BotSide) -> int:
 
 def _cmd_bot(args: argparse.Namespace, settings: BotSide) -> int:
     require_extra("discord", "bot", "bot")
-    from bot.client import quiet_voice_warnings
+    from bot.frontends.discord.client import quiet_voice_warnings
     from bot.stack import run_bot
 
     quiet_voice_warnings()

@@ -30,7 +30,9 @@ class BotSettings(BaseSettings):
     # Quota defaults (a guild admin may override per guild and per user)
     quota_train_per_month: int = Field(default=3, ge=0)
     quota_images_per_day: int = Field(default=50, ge=0)
-    max_concurrent_jobs_per_user: int = Field(default=1, ge=1)
+    quota_max_models: int = Field(default=5, ge=0)
+    # Jobs (trainings and generations) one member may have queued or running at once.
+    max_concurrent_jobs_per_user: int = Field(default=2, ge=1)
 
     # Photo intake, and the resolution the bot asks trainings at (photos are normalised to it)
     photos_min: int = Field(default=3, ge=1)

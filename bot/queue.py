@@ -27,7 +27,7 @@ from arq.constants import (
     retry_key_prefix,
 )
 from arq.jobs import Job, JobResult, deserialize_job, serialize_result
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from storage.blobs import BlobStore
 from storage.errors import ConfigError, StorageError
@@ -106,7 +106,15 @@ class JobQueue:
     async def connect(cls, redis_url: str, store: BlobStore) -> JobQueue:
         if not redis_url:
             raise ConfigError("REDIS_URL is empty: the bot needs the Redis its workers use.")
-        return cls(await create_pool(RedisSettings.from_dsn(redis_url)), store)
+        settings = RedisSettings.from_dsn(redis_url)
+        try:
+            return cls(await create_pool(settings), store)
+        except (OSError, RedisError) as exc:
+            where = f"{settings.host}:{settings.port}"
+            raise StorageError(
+                f"could not reach Redis at {where} (REDIS_URL): {exc}. Start it, or use "
+                "`dreambot up`, which runs its own."
+            ) from exc
 
     async def close(self) -> None:
         await self.redis.aclose()

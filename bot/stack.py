@@ -19,12 +19,16 @@ from dataclasses import dataclass, field
 import aiohttp
 import discord
 
-from bot.client import DreamBot, apply_api_base
 from bot.config import BotSettings
+from bot.frontends.discord.client import DreamBot, apply_api_base
+from bot.queue import JobQueue
+from bot.service import Backend, DreamService, ModelHost
+from storage.blobs import BlobStore
 from storage.config import StorageSettings
 from storage.db import Database
 from storage.errors import ConfigError, DreambotError
 from storage.redis_server import EmbeddedRedis
+from storage.repos import Repos
 
 __all__ = ["run_bot", "run_up"]
 
@@ -91,14 +95,25 @@ def _install_signals(stop: _Stop) -> None:
 
 
 async def _serve(
-    settings: BotSettings, storage: StorageSettings, redis_url: str, *, with_worker: bool
+    settings: BotSettings,
+    storage: StorageSettings,
+    redis_url: str,
+    *,
+    with_worker: bool,
+    host: ModelHost | None,
 ) -> int:
     token = settings.require_token()
     stop = _Stop()
     _install_signals(stop)
     db = await Database.open(storage.db_path)
+    store = BlobStore(storage.blob_store_url)
+    try:
+        queue = await JobQueue.connect(redis_url, store)
+    except BaseException:
+        await db.close()  # its thread would keep the process alive
+        raise
     apply_api_base(settings)
-    client = DreamBot(settings)
+    client = DreamBot(settings, DreamService(Backend(settings, Repos(db), queue, store, host)))
     tasks: list[asyncio.Task[None]] = []
     worker: asyncio.subprocess.Process | None = None
     try:
@@ -127,6 +142,7 @@ async def _serve(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await queue.close()
         await db.close()
     if stop.failed:
         raise DreambotError(stop.reason)
@@ -134,7 +150,7 @@ async def _serve(
     return 0
 
 
-def run_up(settings: BotSettings, storage: StorageSettings) -> int:
+def run_up(settings: BotSettings, storage: StorageSettings, host: ModelHost | None = None) -> int:
     """Embedded Redis (if REDIS_URL is empty) + one worker + the bot, until a signal."""
     settings.require_token()  # before anything starts
     redis: EmbeddedRedis | None = None
@@ -143,14 +159,14 @@ def run_up(settings: BotSettings, storage: StorageSettings) -> int:
         redis = EmbeddedRedis(storage.redis_dir, persist=True)
         redis_url = redis.start()
     try:
-        return asyncio.run(_serve(settings, storage, redis_url, with_worker=True))
+        return asyncio.run(_serve(settings, storage, redis_url, with_worker=True, host=host))
     finally:
         if redis is not None:
             redis.stop()
             log.info("embedded Redis stopped")
 
 
-def run_bot(settings: BotSettings, storage: StorageSettings) -> int:
+def run_bot(settings: BotSettings, storage: StorageSettings, host: ModelHost | None = None) -> int:
     """Only the bot (workers run elsewhere against the same REDIS_URL and BLOB_URL)."""
     settings.require_token()
     if not storage.redis_url:
@@ -158,4 +174,4 @@ def run_bot(settings: BotSettings, storage: StorageSettings) -> int:
             "REDIS_URL is not set. `dreambot bot` runs the bot alone and needs the Redis that "
             "the workers use; use `dreambot up` to run everything on one machine."
         )
-    return asyncio.run(_serve(settings, storage, storage.redis_url, with_worker=False))
+    return asyncio.run(_serve(settings, storage, storage.redis_url, with_worker=False, host=host))

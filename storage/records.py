@@ -15,6 +15,7 @@ __all__ = [
     "JobKind",
     "JobStatus",
     "LedgerState",
+    "LimitKind",
     "ModelRecord",
     "QuotaKind",
     "Reservation",
@@ -52,6 +53,27 @@ class QuotaKind(StrEnum):
     IMAGES = "images"  # generated images per calendar day (UTC)
 
 
+class LimitKind(StrEnum):
+    """Every limit an admin may set for a guild or override for one member."""
+
+    TRAIN = "train"  # trainings per calendar month (UTC)
+    IMAGES = "images"  # generated images per calendar day (UTC)
+    MODELS = "models"  # trained models kept at once
+    QUEUED = "queued"  # jobs queued or running at once
+
+    @property
+    def label(self) -> str:
+        return _LIMIT_LABELS[self]
+
+
+_LIMIT_LABELS = {
+    LimitKind.TRAIN: "trainings per month",
+    LimitKind.IMAGES: "images per day",
+    LimitKind.MODELS: "models kept",
+    LimitKind.QUEUED: "jobs queued at once",
+}
+
+
 class LedgerState(StrEnum):
     RESERVED = "reserved"
     COMMITTED = "committed"
@@ -73,6 +95,17 @@ class GuildSettings:
     allowed_channels: tuple[int, ...]
     prompt_blocklist: tuple[str, ...]
     banned_users: tuple[int, ...]
+    max_models: int | None = None
+    max_queued_jobs: int | None = None
+
+    def limit(self, kind: LimitKind) -> int | None:
+        """The guild's own value for ``kind`` (None: the bot's default applies)."""
+        return {
+            LimitKind.TRAIN: self.train_per_month,
+            LimitKind.IMAGES: self.images_per_day,
+            LimitKind.MODELS: self.max_models,
+            LimitKind.QUEUED: self.max_queued_jobs,
+        }[kind]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +123,7 @@ class ModelRecord:
     size_bytes: int
     created_at: datetime
     is_default: bool
+    hub_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +143,7 @@ class Job:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    delivered_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

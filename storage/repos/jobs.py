@@ -44,6 +44,7 @@ def _job(row: aiosqlite.Row) -> Job:
         created_at=created,
         started_at=dt(row["started_at"]),
         finished_at=dt(row["finished_at"]),
+        delivered_at=dt(row["delivered_at"]),
     )
 
 
@@ -131,12 +132,45 @@ class JobRepo(Repo):
             (channel_id, message_id, job_id),
         )
 
-    async def for_owner(self, owner_id: int, *, active_only: bool = False) -> list[Job]:
+    async def for_owner(
+        self, owner_id: int, *, active_only: bool = False, guild_id: int | None = None
+    ) -> list[Job]:
         sql = "SELECT * FROM jobs WHERE owner_id = ?"
+        params: tuple[Any, ...] = (owner_id,)
         if active_only:
             sql += " AND status IN ('queued', 'running')"
-        rows = await self.db.fetchall(sql + " ORDER BY created_at, id", (owner_id,))
+        if guild_id is not None:
+            sql += " AND guild_id = ?"
+            params += (guild_id,)
+        rows = await self.db.fetchall(sql + " ORDER BY created_at, id", params)
         return [_job(r) for r in rows]
+
+    async def mark_delivered(self, job_id: str) -> bool:
+        """Record that the member was told of a finished job; False if it already was."""
+        return (
+            await self.db.execute(
+                "UPDATE jobs SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL"
+                " AND status IN ('succeeded', 'failed', 'cancelled')",
+                (self.now(), job_id),
+            )
+            > 0
+        )
+
+    async def undelivered(self) -> list[Job]:
+        """Finished jobs whose member was not told yet (a restart between the two)."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled')"
+            " AND delivered_at IS NULL ORDER BY finished_at, id"
+        )
+        return [_job(r) for r in rows]
+
+    async def delete_member(self, owner_id: int, guild_id: int | None) -> list[str]:
+        """Delete the member's job rows in one guild (None: outside any); returns their ids."""
+        rows = await self.db.fetchall(
+            "DELETE FROM jobs WHERE owner_id = ? AND guild_id IS ? RETURNING id",
+            (owner_id, guild_id),
+        )
+        return [str(r[0]) for r in rows]
 
     async def active(self, kind: JobKind | None = None) -> list[Job]:
         """Queued and running jobs, oldest first (the admin's queue view, restart recovery)."""

@@ -6,6 +6,7 @@ from datetime import datetime
 
 import aiosqlite
 
+from storage.errors import StorageError
 from storage.records import ModelRecord, TrainMethod
 from storage.repos._base import Repo, ensure_user, ts
 
@@ -27,6 +28,7 @@ def _model(row: aiosqlite.Row) -> ModelRecord:
         size_bytes=row["size_bytes"],
         created_at=datetime.fromisoformat(row["created_at"]),
         is_default=bool(row["is_default"]),
+        hub_url=row["hub_url"],
     )
 
 
@@ -47,8 +49,8 @@ class ModelRepo(Repo):
                 )
             cur = await conn.execute(
                 "INSERT INTO models (id, owner_id, guild_id, name, class_name, identifier, preset,"
-                " method, blob_key, sha256, size_bytes, created_at, is_default)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                " method, blob_key, sha256, size_bytes, created_at, is_default, hub_url)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (
                     model.id,
                     model.owner_id,
@@ -63,6 +65,7 @@ class ModelRepo(Repo):
                     model.size_bytes,
                     ts(model.created_at),
                     int(make_default),
+                    model.hub_url,
                 ),
             )
             inserted = await cur.fetchone()
@@ -73,11 +76,36 @@ class ModelRepo(Repo):
         row = await self.db.fetchone("SELECT * FROM models WHERE id = ?", (model_id,))
         return _model(row) if row else None
 
-    async def for_owner(self, owner_id: int) -> list[ModelRecord]:
-        rows = await self.db.fetchall(
-            "SELECT * FROM models WHERE owner_id = ? ORDER BY created_at, id", (owner_id,)
-        )
+    async def for_owner(self, owner_id: int, guild_id: int | None = None) -> list[ModelRecord]:
+        """The owner's models, oldest first; only those trained in ``guild_id`` when given."""
+        if guild_id is None:
+            rows = await self.db.fetchall(
+                "SELECT * FROM models WHERE owner_id = ? ORDER BY created_at, id", (owner_id,)
+            )
+        else:
+            rows = await self.db.fetchall(
+                "SELECT * FROM models WHERE owner_id = ? AND guild_id = ? ORDER BY created_at, id",
+                (owner_id, guild_id),
+            )
         return [_model(r) for r in rows]
+
+    async def by_name(self, owner_id: int, name: str) -> ModelRecord | None:
+        row = await self.db.fetchone(
+            "SELECT * FROM models WHERE owner_id = ? AND name = ?", (owner_id, name)
+        )
+        return _model(row) if row else None
+
+    async def rename(self, owner_id: int, model_id: str, name: str) -> bool:
+        """Rename one of the owner's models; False when it is not theirs. A name the owner
+        already uses raises StorageError (names are unique per owner)."""
+        try:
+            changed = await self.db.execute(
+                "UPDATE models SET name = ? WHERE id = ? AND owner_id = ?",
+                (name, model_id, owner_id),
+            )
+        except aiosqlite.IntegrityError as exc:
+            raise StorageError(f"model name {name!r} is taken") from exc
+        return changed > 0
 
     async def set_default(self, owner_id: int, model_id: str) -> bool:
         async with self.db.transaction() as conn:
@@ -91,9 +119,19 @@ class ModelRepo(Repo):
         return True
 
     async def delete(self, owner_id: int, model_id: str) -> bool:
-        return (
-            await self.db.execute(
-                "DELETE FROM models WHERE id = ? AND owner_id = ?", (model_id, owner_id)
+        """Delete one of the owner's models; their oldest other model becomes the default."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "DELETE FROM models WHERE id = ? AND owner_id = ? RETURNING is_default",
+                (model_id, owner_id),
             )
-            > 0
-        )
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            if row[0]:
+                await conn.execute(
+                    "UPDATE models SET is_default = 1 WHERE id = (SELECT id FROM models"
+                    " WHERE owner_id = ? ORDER BY created_at, id LIMIT 1)",
+                    (owner_id,),
+                )
+        return True

@@ -37,18 +37,21 @@ class GuildRepo(Repo):
             allowed_channels=tuple(json.loads(row["allowed_channels"])),
             prompt_blocklist=tuple(json.loads(row["prompt_blocklist"])),
             banned_users=tuple(json.loads(row["banned_users"])),
+            max_models=row["max_models"],
+            max_queued_jobs=row["max_queued_jobs"],
         )
 
     async def save(self, settings: GuildSettings) -> None:
         await self.db.execute(
             "INSERT INTO guild_settings (guild_id, train_per_month, images_per_day,"
-            " allowed_channels, prompt_blocklist, banned_users, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(guild_id) DO UPDATE SET"
+            " allowed_channels, prompt_blocklist, banned_users, max_models, max_queued_jobs,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(guild_id) DO UPDATE SET"
             " train_per_month = excluded.train_per_month,"
             " images_per_day = excluded.images_per_day,"
             " allowed_channels = excluded.allowed_channels,"
             " prompt_blocklist = excluded.prompt_blocklist,"
-            " banned_users = excluded.banned_users, updated_at = excluded.updated_at",
+            " banned_users = excluded.banned_users, max_models = excluded.max_models,"
+            " max_queued_jobs = excluded.max_queued_jobs, updated_at = excluded.updated_at",
             (
                 settings.guild_id,
                 settings.train_per_month,
@@ -56,6 +59,8 @@ class GuildRepo(Repo):
                 json.dumps(list(settings.allowed_channels)),
                 json.dumps(list(settings.prompt_blocklist)),
                 json.dumps(list(settings.banned_users)),
+                settings.max_models,
+                settings.max_queued_jobs,
                 self.now(),
             ),
         )

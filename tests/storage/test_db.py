@@ -16,7 +16,7 @@ from storage.errors import StorageError
 EXPECTED_TABLES = {
     "users",
     "guild_settings",
-    "quota_overrides",
+    "limit_overrides",
     "models",
     "jobs",
     "usage_ledger",

@@ -9,13 +9,18 @@ import yarl
 from discord.ext import commands
 
 from bot.config import BotSettings
+from bot.frontends.discord.render import send_error
+from bot.service import DreamService
 
 __all__ = ["DreamBot", "apply_api_base", "quiet_voice_warnings"]
 
 log = logging.getLogger(__name__)
 
-# Feature cogs (one per feature) are listed here as they land.
-COG_MODULES: tuple[str, ...] = ()
+# One cog per feature; each reads the use cases from ``bot.service``.
+COG_MODULES: tuple[str, ...] = tuple(
+    f"bot.frontends.discord.cogs.{name}"
+    for name in ("account", "training", "imagine", "models", "admin", "privacy")
+)
 
 
 def apply_api_base(settings: BotSettings) -> None:
@@ -38,13 +43,21 @@ def quiet_voice_warnings() -> None:
 class DreamBot(commands.Bot):
     """The bot. Slash commands only, so no privileged intents are needed."""
 
-    def __init__(self, settings: BotSettings) -> None:
+    def __init__(self, settings: BotSettings, service: DreamService) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),
             help_command=None,
         )
         self.settings = settings
+        self.service = service
+        self.tree.on_error = self._on_app_command_error  # type: ignore[method-assign]
+
+    async def _on_app_command_error(
+        self, interaction: discord.Interaction, error: discord.app_commands.AppCommandError
+    ) -> None:
+        """The one place a command's error reaches the member (ephemeral, plain words)."""
+        await send_error(interaction, error)
 
     async def setup_hook(self) -> None:
         for module in COG_MODULES:
