@@ -83,6 +83,9 @@ class Backend:
     queue: JobQueue
     store: BlobStore
     host: ModelHost | None = None
+    # The base model the workers run (MODEL_PRESET, passed in by the composition root): a
+    # training spec must name it, with ``settings.train_resolution``, or workers refuse it.
+    preset: str = "sd-v1"
     clock: Clock = field(default=utcnow)
 
     async def blob(self, call: Callable[..., T], *args: object) -> T:

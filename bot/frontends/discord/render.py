@@ -3,11 +3,15 @@ and error replies. Cogs build their replies from these so every command looks al
 
 from __future__ import annotations
 
+import io
 import logging
+import math
+from collections.abc import Sequence
 from datetime import datetime
 
 import discord
 from discord import app_commands
+from PIL import Image
 
 from bot.errors import render_error
 from bot.queue import JobState
@@ -18,6 +22,7 @@ from storage.records import Job, JobKind
 __all__ = [
     "BRAND",
     "actor_of",
+    "image_grid",
     "job_line",
     "job_title",
     "progress_bar",
@@ -132,3 +137,27 @@ def job_line(job: Job, status: QueueStatus, *, plain: bool = False) -> str:
     if plain:
         return f"{job.id} · " + line.replace("**", "").replace("“", '"').replace("”", '"')
     return f"`{job.id}` {line}"
+
+
+def image_grid(pngs: Sequence[bytes], *, gap: int = 4) -> bytes:
+    """One PNG with the images side by side (2 in a row, 4 in a 2x2 grid), for one attachment
+    that Discord shows large; the images keep their own size."""
+    if not pngs:
+        raise ValueError("a grid needs at least one image")
+    images = [Image.open(io.BytesIO(data)).convert("RGB") for data in pngs]
+    width, height = images[0].size
+    columns = 1 if len(images) == 1 else 2
+    rows = math.ceil(len(images) / columns)
+    sheet = Image.new(
+        "RGB",
+        (columns * width + (columns - 1) * gap, rows * height + (rows - 1) * gap),
+        (32, 34, 37),
+    )
+    for index, image in enumerate(images):
+        if image.size != (width, height):
+            image = image.resize((width, height))
+        row, column = divmod(index, columns)
+        sheet.paste(image, (column * (width + gap), row * (height + gap)))
+    out = io.BytesIO()
+    sheet.save(out, format="PNG")
+    return out.getvalue()
