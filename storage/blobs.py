@@ -31,6 +31,7 @@ import fsspec
 from storage.errors import ConfigError, StorageError
 
 __all__ = [
+    "MODEL_METADATA_FILE",
     "BlobKeys",
     "BlobStore",
     "keys",
@@ -114,6 +115,10 @@ class BlobKeys:
 
 
 keys = BlobKeys()
+
+# The metadata file beside a model's weights (``keys.model(model_id, MODEL_METADATA_FILE)``):
+# the trainer writes it, the bot tells it from the weights file by this name.
+MODEL_METADATA_FILE = "model.json"
 
 
 class BlobStore:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.blobs import BlobStore, keys
+from storage.blobs import MODEL_METADATA_FILE, BlobStore, keys
 from trainer.dreambooth import DreamBoothTrainer, copy_diffusion_model, copy_text_encoder
 from trainer.errors import ModelFormatError
 from trainer.lora import apply_lora, extract_lora
@@ -38,7 +38,7 @@ __all__ = [
 
 FORMAT = "dreambot-model"
 VERSION = 1
-METADATA_FILE = "model.json"
+METADATA_FILE = MODEL_METADATA_FILE
 WEIGHT_FILES = {"lora": "lora.npz", "full": "unet.npz"}
 TEXT_PREFIX = "text."
 
@@ -183,22 +183,27 @@ def load_model(
     """A new :class:`Preset` whose UNet carries the trained weights (LoRA merged in).
 
     ``base`` (the worker's already-loaded base model) is shared, never modified; without it the
-    base is built from the metadata's preset, resolution and seed. A folder that is incomplete,
-    altered or made for another base raises :class:`ModelFormatError` (for LoRA factors that do
-    not fit, its user-facing subclass :class:`~trainer.errors.LoraMismatch`).
+    base is built from the metadata's preset, resolution and seed; a pretrained tiny base is the
+    one the model names, read from ``bases_dir`` (when it is gone,
+    :class:`~trainer.errors.BaseNotFound` says so at once, without fitting a new one). A folder
+    that is incomplete, altered or made for another base raises :class:`ModelFormatError` (for
+    LoRA factors that do not fit, its user-facing subclass :class:`~trainer.errors.LoraMismatch`).
     """
     model_dir = Path(model_dir)
     meta = read_metadata(model_dir)
     weights = _read_weights(model_dir, meta)
     if base is None:
+        # A pretrained tiny base is the one in bases_dir that the model names (never this
+        # code's newer one, which could not match); a random one is rebuilt from its seed.
+        pretrained = meta.preset == "tiny" and is_pretrained_tiny(meta.base_weights_id)
         base = build_preset(
             meta.preset,
             resolution=meta.resolution,
             weights_dir=weights_dir,
             bpe_path=bpe_path,
             seed=meta.base_seed,
-            # a pretrained tiny base lives in bases_dir; a random one is rebuilt from its seed
-            bases_dir=bases_dir if is_pretrained_tiny(meta.base_weights_id) else None,
+            bases_dir=bases_dir if pretrained else None,
+            tiny_base_id=meta.base_weights_id if pretrained else None,
         )
     if (base.name, base.resolution, base.weights_id) != (
         meta.preset,

@@ -21,5 +21,7 @@ DROP TABLE quota_overrides;
 -- A finished job is delivered once: set after the member was told (restart reconciliation).
 ALTER TABLE jobs ADD COLUMN delivered_at TEXT;
 CREATE INDEX jobs_undelivered ON jobs(status, delivered_at);
+-- Jobs that finished before this migration were dealt with then: never announce them again.
+UPDATE jobs SET delivered_at = finished_at WHERE status IN ('succeeded', 'failed', 'cancelled');
 
 ALTER TABLE models ADD COLUMN hub_url TEXT;

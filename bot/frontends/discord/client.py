@@ -6,9 +6,11 @@ import logging
 
 import discord
 import yarl
-from discord.ext import commands
+from discord.ext import commands, tasks
 
 from bot.config import BotSettings
+from bot.delivery import DELIVERY_EVERY_S, Delivery
+from bot.frontends.discord.notifier import DiscordNotifier
 from bot.frontends.discord.render import send_error
 from bot.service import DreamService
 
@@ -52,6 +54,7 @@ class DreamBot(commands.Bot):
         self.settings = settings
         self.service = service
         self.tree.on_error = self._on_app_command_error  # type: ignore[method-assign]
+        self.delivery = Delivery(service, DiscordNotifier(self))
 
     async def _on_app_command_error(
         self, interaction: discord.Interaction, error: discord.app_commands.AppCommandError
@@ -69,6 +72,20 @@ class DreamBot(commands.Bot):
         else:
             synced = await self.tree.sync()
         log.info("synced %d application commands", len(synced))
+        self._deliver.start()
+
+    async def close(self) -> None:
+        self._deliver.cancel()  # every delivery step is safe to cut: the next start resumes it
+        await super().close()
+
+    @tasks.loop(seconds=DELIVERY_EVERY_S)
+    async def _deliver(self) -> None:
+        """Follow active jobs and deliver finished ones (a tasks.loop, so SimCord parks it)."""
+        await self.delivery.run()
+
+    @_deliver.before_loop
+    async def _before_deliver(self) -> None:
+        await self.wait_until_ready()  # channels and members are known from here on
 
     async def on_ready(self) -> None:
         log.info("logged in as %s in %d guilds", self.user, len(self.guilds))
