@@ -66,8 +66,9 @@ NATIVE_RESOLUTION: dict[str, int] = {"sd-v1": 512, "tiny": 64}
 
 def bases_dir(data_dir: Path) -> Path:
     """Where fitted base models are kept: ``$DATA_DIR/bases``. The tiny preset's pretrained base
-    is fitted there on first use (minutes, once) and named by its recipe, so one folder serves
-    every version side by side."""
+    is fitted there on first use (minutes, once, one process at a time under
+    ``$DATA_DIR/bases.lock``) and named by its recipe, so one folder serves every version side
+    by side: a model trained on an older version's base loads that one from here."""
     return data_dir / "bases"
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from storage.errors import ConfigError, DreambotError, InvalidArgument, UserFacingError
 
 __all__ = [
+    "BaseNotFound",
     "CheckpointError",
     "CheckpointMismatch",
     "InvalidTrainConfig",
@@ -103,3 +104,13 @@ class LoraMismatch(ModelFormatError, UserFacingError):
 
     def __init__(self, message: str) -> None:
         UserFacingError.__init__(self, message, code="lora_mismatch")
+
+
+class BaseNotFound(ModelFormatError, UserFacingError):
+    """The base model a saved model was trained on is not here, and cannot be made here (the
+    code that fits the tiny base has changed since, or fitted it differently); the message says
+    which base it needs and that the model must be trained again.
+    """
+
+    def __init__(self, message: str) -> None:
+        UserFacingError.__init__(self, message, code="base_not_found")

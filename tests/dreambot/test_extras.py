@@ -84,7 +84,7 @@ def test_bot_install_has_no_tensorflow_and_runs_the_bot_commands(
         REDIS_URL="redis://127.0.0.1:9/0",
         DISCORD_API_BASE="http://127.0.0.1:9/api/v10",
     )
-    assert bot.returncode == 1 and "could not reach Discord" in bot.stderr, bot.stderr
+    assert bot.returncode == 1 and "could not reach Redis" in bot.stderr, bot.stderr
 
 
 @pytest.mark.parametrize("command", ["train", "imagine"])

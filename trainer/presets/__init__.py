@@ -39,7 +39,7 @@ from trainer.presets.models import (
     tiny_text_encoder,
 )
 from trainer.presets.sd_v1 import SD_V1_FILES, build_sd_v1
-from trainer.presets.tiny_base import is_pretrained_tiny, load_tiny_base
+from trainer.presets.tiny_base import is_pretrained_tiny, load_named_base, load_tiny_base
 from trainer.presets.tokenizer import tiny_bpe_path, write_bpe_vocab
 
 __all__ = [
@@ -70,17 +70,24 @@ def _build_tiny(
     seed: int,
     dtype_policy: str | None,
     bases_dir: Path | None,
+    base_id: str | None,
 ) -> Preset:
-    keras.utils.set_random_seed(seed)
     bpe = bpe_path or tiny_bpe_path()
+    # The base first: a saved model's missing base fails here, before any model is built.
+    if base_id is not None:
+        base = load_named_base(bases_dir, base_id, bpe_path=bpe, seed=seed)
+    elif bases_dir is not None:
+        base = load_tiny_base(bases_dir, bpe_path=bpe, seed=seed)
+    else:
+        base = None
+    keras.utils.set_random_seed(seed)
     tokenizer = SimpleTokenizer(str(bpe))
     text_encoder = tiny_text_encoder(spec)
     unet = build_diffusion_model(spec, dtype_policy=dtype_policy)
     image_encoder = tiny_image_encoder(spec)
     decoder = tiny_decoder(spec)
     weights_id = f"tiny-seed{seed}-r{spec.resolution}"
-    if bases_dir is not None:
-        base = load_tiny_base(bases_dir, bpe_path=bpe, seed=seed)
+    if base is not None:
         for model, weights in zip(
             (text_encoder, unet, image_encoder, decoder), base.models(), strict=True
         ):
@@ -108,13 +115,17 @@ def build_preset(
     random_weights: bool = False,
     dtype_policy: str | None = None,
     bases_dir: Path | str | None = None,
+    tiny_base_id: str | None = None,
 ) -> Preset:
     """Build a preset's models.
 
     ``tiny`` is the pretrained toy base of ``seed`` when ``bases_dir`` is given (``$DATA_DIR/bases``
     in the CLI: loaded from there, or fitted there first, which takes minutes once), and random
-    init from ``seed`` without it. ``sd-v1`` loads KerasCV's files from ``weights_dir``, downloads
-    them when ``download`` is set, or (``random_weights``, benches only) keeps random init.
+    init from ``seed`` without it. ``tiny_base_id`` (a saved model's ``base_weights_id``) asks
+    for exactly that pretrained base from ``bases_dir`` instead of this code's own, and raises
+    :class:`~trainer.errors.BaseNotFound` at once when it is gone. ``sd-v1`` loads KerasCV's
+    files from ``weights_dir``, downloads them when ``download`` is set, or (``random_weights``,
+    benches only) keeps random init.
     ``dtype_policy`` (e.g. ``mixed_float16``) applies to the UNet, the only model that trains.
     """
     if name not in PRESETS:
@@ -133,7 +144,12 @@ def build_preset(
     if name == "tiny":
         bases = Path(bases_dir) if bases_dir is not None else None
         return _build_tiny(
-            spec, bpe_path=bpe, seed=seed, dtype_policy=dtype_policy, bases_dir=bases
+            spec,
+            bpe_path=bpe,
+            seed=seed,
+            dtype_policy=dtype_policy,
+            bases_dir=bases,
+            base_id=tiny_base_id,
         )
     return build_sd_v1(
         spec,

@@ -9,6 +9,10 @@ weights)``, so a retrained model under the same id is a different entry:
   returns bit for bit and no user ever draws with another user's weights.
 - Full models keep their own UNet and sampler (built by :func:`trainer.export.load_model`),
   swapped in whole; they share the base's tokenizer, text encoder and decoder.
+- A tiny model trained on another pretrained tiny base than the worker's (one fitted by an older
+  version of the code) keeps its own copy of that base, read from ``bases_dir``, and its own
+  sampler; when that base is gone it is refused at once with a plain message
+  (:class:`~trainer.errors.BaseNotFound`).
 
 A model missing from the blob store is fetched from its Hub repo when Hub hosting is on.
 
@@ -35,7 +39,7 @@ from storage.errors import StorageError, UserFacingError
 from trainer.errors import ModelFormatError
 from trainer.export import METADATA_FILE, TEXT_PREFIX, ModelMetadata, load_model, read_metadata
 from trainer.lora import apply_lora, attention_projections
-from trainer.presets import Preset
+from trainer.presets import Preset, is_pretrained_tiny
 from trainer.sampler import Sampler
 from trainer.worker.hub import HubHost
 
@@ -85,9 +89,13 @@ class ModelCache:
         *,
         sampler_options: dict[str, Any] | None = None,
         hub: HubHost | None = None,
+        bases_dir: Path | None = None,
+        bpe_path: Path | None = None,
     ) -> None:
         self.base = base
         self.hub = hub
+        self.bases_dir = bases_dir  # where models of other pretrained tiny bases find theirs
+        self.bpe_path = bpe_path
         self.base_sampler = base_sampler
         self.store = store
         self.capacity = capacity
@@ -202,17 +210,30 @@ class ModelCache:
                 raise ModelNotFound(model_id) from hub_exc
             from_hub = True
         base = self.base
-        if (base.name, base.resolution, base.weights_id) != (
-            meta.preset,
-            meta.resolution,
-            meta.base_weights_id,
-        ):
+        if not self._own_base(meta) and not self._other_tiny_base(meta):
             raise ModelFormatError(
                 f"model was trained on {meta.preset} ({meta.base_weights_id}, "
                 f"{meta.resolution}px); this worker runs {base.name} ({base.weights_id}, "
                 f"{base.resolution}px)"
             )
         return meta, from_hub
+
+    def _own_base(self, meta: ModelMetadata) -> bool:
+        base = self.base
+        return (base.name, base.resolution, base.weights_id) == (
+            meta.preset,
+            meta.resolution,
+            meta.base_weights_id,
+        )
+
+    def _other_tiny_base(self, meta: ModelMetadata) -> bool:
+        """Whether the model belongs on a pretrained tiny base of its own (from bases_dir)."""
+        return (
+            self.bases_dir is not None
+            and (self.base.name, self.base.resolution) == (meta.preset, meta.resolution)
+            and meta.preset == "tiny"
+            and is_pretrained_tiny(meta.base_weights_id)
+        )
 
     def _load(self, model_id: str, meta: ModelMetadata, folder: Path, from_hub: bool) -> _Entry:
         try:
@@ -226,6 +247,10 @@ class ModelCache:
             raise ModelFormatError(
                 f"{meta.weights_file} of model {model_id} does not match its {METADATA_FILE}"
             )
+        if not self._own_base(meta):  # another tiny base: a copy of it, read from bases_dir
+            (folder / meta.weights_file).write_bytes(data)
+            loaded = load_model(folder, bpe_path=self.bpe_path, bases_dir=self.bases_dir)
+            return _Entry(meta, sampler=Sampler.from_components(loaded, **self.sampler_options))
         if meta.method == "full":
             (folder / meta.weights_file).write_bytes(data)
             loaded = load_model(folder, base=self.base)

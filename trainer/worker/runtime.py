@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from storage.blobs import BlobStore
 from storage.config import StorageSettings
-from trainer.config import TrainerSettings, WorkerConfig, preset_bases_dir
+from trainer.config import TrainerSettings, WorkerConfig, bases_dir, preset_bases_dir
 from trainer.presets import Preset
 from trainer.sampler import Sampler
 from trainer.worker.cache import ModelCache
@@ -43,12 +44,28 @@ def _sampler_options(config: WorkerConfig) -> dict[str, Any]:
 
 
 def build_runtime(
-    base: Preset, store: BlobStore, config: WorkerConfig, *, hub: HubHost | None = None
+    base: Preset,
+    store: BlobStore,
+    config: WorkerConfig,
+    *,
+    hub: HubHost | None = None,
+    bases_dir: Path | None = None,
+    bpe_path: Path | None = None,
 ) -> Runtime:
-    """A runtime around an already-built base (tests pass the tiny preset)."""
+    """A runtime around an already-built base (tests pass the tiny preset). ``bases_dir`` is
+    where a tiny model trained on another pretrained tiny base finds its own."""
     options = _sampler_options(config)
     sampler = Sampler.from_components(base, **options)
-    cache = ModelCache(base, sampler, store, config.cache_size, sampler_options=options, hub=hub)
+    cache = ModelCache(
+        base,
+        sampler,
+        store,
+        config.cache_size,
+        sampler_options=options,
+        hub=hub,
+        bases_dir=bases_dir,
+        bpe_path=bpe_path,
+    )
     return Runtime(base, sampler, cache, store, config, TFThread(), hub=hub)
 
 
@@ -85,4 +102,12 @@ def load_runtime(
     )
     hub = HubHost.from_settings(trainer)
     log.info("base model %s at %spx loaded (%s)", base.name, base.resolution, base.weights_id)
-    return build_runtime(base, store, config, hub=hub)
+    # A saved model names its own base, so models find theirs in bases_dir whatever TINY_BASE is.
+    return build_runtime(
+        base,
+        store,
+        config,
+        hub=hub,
+        bases_dir=bases_dir(storage.data_dir),
+        bpe_path=trainer.bpe_path,
+    )

@@ -1,6 +1,7 @@
 """``python -m trainer.presets.tiny_base BASES_DIR BPE_PATH SEED``: fit one base and publish it.
 
-:func:`trainer.presets.tiny_base.load_tiny_base` runs this in a child process.
+:func:`trainer.presets.tiny_base.load_tiny_base` runs this in a child process, holding the lock
+beside BASES_DIR (the child inherits it), so no other process fits or cleans there meanwhile.
 """
 
 from __future__ import annotations

@@ -60,9 +60,14 @@ class Corpus:
 
 
 def build_corpus(
-    spec: PresetSpec, tokenizer: object, posterior: keras.Model, recipe: TinyBaseRecipe
+    spec: PresetSpec,
+    tokenizer: object,
+    posterior: keras.Model,
+    recipe: TinyBaseRecipe,
+    plain: dict[str, np.ndarray],
 ) -> Corpus:
-    """Draw every look plain and in every colour word, encode the pictures, tokenise captions."""
+    """Encode every look's ``plain`` pictures (the ones the VAE was fitted on) and new ones in
+    every colour word, and tokenise their captions."""
     prompts: list[str] = []
     pictures: list[np.ndarray] = []
     groups: dict[str, list[Group]] = {"plain": [], "colour": [], "empty": []}
@@ -77,8 +82,7 @@ def build_corpus(
 
     for look in sorted(set(world.CLASS_WORDS.values())):
         words = [word for word, name in sorted(world.CLASS_WORDS.items()) if name == look]
-        plain = world.draw_class(look, recipe.images_per_look, recipe.seed)
-        groups["plain"].append(add(plain, [class_prompt(w) for w in words]))
+        groups["plain"].append(add(plain[look], [class_prompt(w) for w in words]))
         for colour in sorted(world.COLOUR_WORDS):
             drawn = world.draw_class(look, recipe.images_per_colour, recipe.seed, colour=colour)
             groups["colour"].append(add(drawn, [class_prompt(f"{colour} {w}") for w in words]))

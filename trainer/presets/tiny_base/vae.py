@@ -20,7 +20,7 @@ from keras_cv.src.models.stable_diffusion.resnet_block import ResnetBlock
 
 from trainer.presets.tiny_base.recipe import TinyBaseRecipe, learning_rate
 
-__all__ = ["fit_vae", "mosaic_init"]
+__all__ = ["fit_vae", "mosaic_init", "posterior_model"]
 
 Taps = dict[int, list[tuple[int, np.ndarray]]]
 
@@ -98,17 +98,23 @@ def mosaic_init(encoder: keras.Model, decoder: keras.Model) -> None:
                     _set_taps(layer.residual_projection.conv2d, _copy(_ONE))
 
 
+def posterior_model(encoder: keras.Model) -> keras.Model:
+    """The image encoder up to its mean and log-variance (``layers[-2]``), sharing its layers."""
+    return keras.Model(encoder.inputs, encoder.layers[-2].output)
+
+
 def fit_vae(
     encoder: keras.Model,
+    posterior: keras.Model,
     decoder: keras.Model,
     images: np.ndarray,
     recipe: TinyBaseRecipe,
     scale: float,
 ) -> float:
-    """Fit the VAE on random crops of ``images``; returns the last step's reconstruction error
-    (mean squared, in [-1, 1] pixel units)."""
+    """Fit the VAE (``posterior`` is :func:`posterior_model` of ``encoder``) on random crops of
+    ``images``; returns the last step's reconstruction error (mean squared, in [-1, 1] pixel
+    units)."""
     mosaic_init(encoder, decoder)
-    posterior = keras.Model(encoder.inputs, encoder.layers[-2].output)
     variables = posterior.trainable_variables + decoder.trainable_variables
     optimizer = keras.optimizers.Adam(recipe.vae_lr)
     optimizer.build(variables)
