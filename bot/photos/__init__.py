@@ -11,7 +11,14 @@ Pure functions over bytes (no Discord types), shared by the bot, the CLI and the
 from __future__ import annotations
 
 from bot.photos.analysis import FACE_MODEL, FaceDetectorUnavailable
-from bot.photos.check import check_photo, check_photos, display_name, normalise_photo
+from bot.photos.check import (
+    check_photo,
+    check_photos,
+    display_name,
+    extend_set,
+    normalise_photo,
+)
+from bot.photos.declared import declared_refusal
 from bot.photos.files import expand_paths, printable, read_photo_files
 from bot.photos.model import (
     DEFAULT_PERSON_CLASSES,
@@ -37,8 +44,10 @@ __all__ = [
     "Verdict",
     "check_photo",
     "check_photos",
+    "declared_refusal",
     "display_name",
     "expand_paths",
+    "extend_set",
     "normalise_photo",
     "printable",
     "read_photo_files",

@@ -27,6 +27,7 @@ from bot.photos.analysis import (
     sharpness,
     to_analysis_scale,
 )
+from bot.photos.declared import SEND_INSTEAD, declared_refusal, megabytes
 from bot.photos.imaging import decode, encode_png, orientation, prepare, square_crop
 from bot.photos.model import (
     NormalisedPhoto,
@@ -40,13 +41,12 @@ from bot.photos.model import (
 from bot.photos.sniff import header_size, sniff
 from storage.errors import UserFacingError
 
-__all__ = ["check_photo", "check_photos", "display_name", "normalise_photo"]
+__all__ = ["check_photo", "check_photos", "display_name", "extend_set", "normalise_photo"]
 
 log = logging.getLogger(__name__)
 
 # Zero-width (non-)joiners are format characters too, but emoji sequences need them.
 _JOINERS = frozenset("\u200c\u200d")
-_SEND_INSTEAD = "send a JPEG, PNG or WebP photo instead"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +67,6 @@ def display_name(name: str, limit: int = 80) -> str:
     if len(cleaned) > limit:
         cleaned = cleaned[: limit - 1] + "…"
     return cleaned or "(unnamed)"
-
-
-def _megabytes(n: int) -> str:
-    return f"{n / (1024 * 1024):.1f} MB"
 
 
 def _report(
@@ -154,6 +150,9 @@ def check_photo(
     installation (no face detector) raises.
     """
     data = photo.data
+    refused = declared_refusal(photo, rules)
+    if refused is not None:
+        return _report(photo, index, [_Issue(refused[0], Verdict.REJECT, refused[1])])
     if photo.read_error is not None:
         message = f"This file could not be read ({photo.read_error})."
         return _report(photo, index, [_Issue(Reason.CORRUPT, Verdict.REJECT, message)])
@@ -169,20 +168,21 @@ def check_photo(
                 _Issue(
                     Reason.TOO_LARGE_BYTES,
                     Verdict.REJECT,
-                    f"This file is {_megabytes(len(data))}; the limit is "
-                    f"{_megabytes(rules.max_bytes)}.",
+                    f"This file is {megabytes(len(data))}; the limit is "
+                    f"{megabytes(rules.max_bytes)}.",
                 )
             ],
         )
     kind = sniff(data)
     if kind.format is None:
-        message = f"This file is {kind.description}; {_SEND_INSTEAD}."
+        message = f"This file is {kind.description}; {SEND_INSTEAD}."
         return _report(photo, index, [_Issue(Reason.NOT_IMAGE, Verdict.REJECT, message)])
     fmt = kind.format
+    what = "HEIC photo" if fmt == "HEIF" else "image"
     corrupt = _Issue(
         Reason.CORRUPT,
         Verdict.REJECT,
-        "This image is damaged or incomplete and could not be read; try sending the original.",
+        f"This {what} is damaged or incomplete and could not be read; try sending the original.",
     )
     size = header_size(data, fmt)
     if size is None:
@@ -305,6 +305,17 @@ def _check_each(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def extend_set(
+    report: SetReport, photos: Iterable[PhotoInput], rules: PhotoRules, *, workers: int = 1
+) -> SetReport:
+    """``report`` with more photos checked and appended (a member adding photos later): they
+    are numbered after the first ones, compared with them for duplicates, and the set verdict
+    is made again. Only the new photos are decoded."""
+    first = len(report.photos)
+    more = [replace(r, index=r.index + first) for r in _check_each(photos, rules, True, workers)]
+    return _set_report(tuple(_mark_duplicates([*report.photos, *more], rules)), rules)
 
 
 def _mark_duplicates(reports: list[PhotoReport], rules: PhotoRules) -> list[PhotoReport]:

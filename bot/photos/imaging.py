@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageCms
 
 from bot.photos.analysis import Face
+from bot.photos.heif import register_heif
 from bot.photos.model import NormalisedPhoto
 
 __all__ = [
@@ -61,11 +62,19 @@ def decode(data: bytes, fmt: str, min_side: int, size: tuple[int, int]) -> Decod
     catches truncated and corrupt data; for JPEG, ``draft`` has libjpeg scale in the DCT (1/2,
     1/4, 1/8), so it still reads every entropy-coded byte but never builds the 12 MP bitmap.
     """
+    if fmt == "HEIF":
+        register_heif()
     image = Image.open(io.BytesIO(data), formats=[fmt])
-    if image.size != size:
+    if fmt == "HEIF":
+        # libheif applies the container's crop (clap) and mirror too, so the picture may come
+        # out smaller than the size our parser read, never larger.
+        if any(got > said for got, said in zip(sorted(image.size), sorted(size), strict=True)):
+            raise ValueError(f"header says {size}, decoder says {image.size}")
+    elif image.size != size:
         raise ValueError(f"header says {size}, decoder says {image.size}")
-    # A JPEG holding several pictures is an MPO (phones add depth maps, previews): still a photo.
-    frames = getattr(image, "n_frames", 1) if fmt != "JPEG" else None
+    # A JPEG holding several pictures is an MPO (phones add depth maps, previews), and a HEIC
+    # may hold a burst: the primary picture is the photo.
+    frames = getattr(image, "n_frames", 1) if fmt not in ("JPEG", "HEIF") else None
     if fmt == "JPEG":
         width, height = image.size
         short = min(width, height)

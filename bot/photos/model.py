@@ -128,7 +128,8 @@ class PhotoRules:
 @dataclass(frozen=True, slots=True)
 class PhotoInput:
     """One uploaded photo. ``name`` and ``content_type`` are what the sender claimed: shown to
-    people, never trusted and never used as a path."""
+    people, never used as a path, and trusted only to refuse (a declared video is not fetched;
+    a declared image is still judged by its bytes)."""
 
     data: bytes
     name: str = ""
@@ -136,6 +137,9 @@ class PhotoInput:
     # Why the bytes could not be fetched (a failed download, an unreadable file): the photo is
     # then reported as unreadable instead of silently dropped, so the set still lists it.
     read_error: str | None = None
+    # The size the sender's platform declared before download (a Discord attachment's size):
+    # a photo declared too large is refused without its bytes ever being fetched.
+    declared_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

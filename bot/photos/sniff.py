@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.photos.heif import BRANDS as _HEIF_BRANDS
+from bot.photos.heif import heif_size
+
 __all__ = ["SUPPORTED_FORMATS", "Sniffed", "header_size", "sniff"]
 
 # Pillow format names we decode. GIF is read only to tell people an animation is not a photo;
-# a single-frame GIF is accepted like any other picture.
-SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "GIF"})
+# a single-frame GIF is accepted like any other picture. HEIF (the iPhone's HEIC) is decoded by
+# pillow-heif.
+SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "GIF", "HEIF"})
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) share the range.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
-_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 
 
@@ -44,12 +47,7 @@ def sniff(data: bytes) -> Sniffed:
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return Sniffed("GIF", "a GIF image")
     if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in _HEIF_BRANDS:
-            return Sniffed(None, "a HEIC photo (not supported yet)")
-        if brand in _AVIF_BRANDS:
-            return Sniffed(None, "an AVIF image (not supported)")
-        return Sniffed(None, "a video or other media file")
+        return _sniff_ftyp(data)
     if head.startswith(b"%PDF"):
         return Sniffed(None, "a PDF document")
     if head.startswith(b"BM"):
@@ -66,6 +64,24 @@ def sniff(data: bytes) -> Sniffed:
     if _looks_like_text(data[:4096]):
         return Sniffed(None, "a text file")
     return Sniffed(None, "not a kind of image we recognise")
+
+
+def _sniff_ftyp(data: bytes) -> Sniffed:
+    """An ISO base media file: a HEIC photo, an AVIF image, or a video (MP4, MOV, 3GP).
+
+    The major brand decides, except for the generic HEIF brands (mif1, msf1), which AVIF
+    files use too: their compatible brands tell the codec.
+    """
+    size = int.from_bytes(data[:4], "big")
+    brand = data[8:12]
+    compatible = {data[i : i + 4] for i in range(16, min(max(size, 16), 64, len(data)) - 3, 4)}
+    if brand in _AVIF_BRANDS or (
+        brand in (b"mif1", b"msf1") and compatible & _AVIF_BRANDS and b"heic" not in compatible
+    ):
+        return Sniffed(None, "an AVIF image (not supported)")
+    if brand in _HEIF_BRANDS:
+        return Sniffed("HEIF", "a HEIC photo")
+    return Sniffed(None, "a video or other media file")
 
 
 def _looks_like_text(sample: bytes) -> bool:
@@ -91,6 +107,8 @@ def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
             return _webp_size(data)
         if fmt == "GIF":
             return _gif_size(data)
+        if fmt == "HEIF":
+            return heif_size(data)
     except IndexError:
         return None
     return None

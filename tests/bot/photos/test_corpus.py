@@ -109,7 +109,7 @@ CORPUS: list[Case] = [
         Verdict.REJECT,
         Reason.NOT_IMAGE,
     ),
-    ("iphone.heic", _heic, "image/heic", Verdict.REJECT, Reason.NOT_IMAGE),
+    ("iphone.heic", _heic, "image/heic", Verdict.REJECT, Reason.CORRUPT),
     (
         "random.bin",
         lambda: np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
