@@ -12,6 +12,12 @@ from pydantic_settings import BaseSettings
 
 from storage.config import ENV_CONFIG
 from storage.errors import ConfigError
+from storage.rules import (
+    DEFAULT_CLASS_IMAGES,
+    DEFAULT_TRAIN_STEPS,
+    MAX_CLASS_IMAGES,
+    MAX_TRAIN_STEPS,
+)
 
 __all__ = ["BotSettings"]
 
@@ -40,6 +46,9 @@ class BotSettings(BaseSettings):
     photo_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     photo_max_pixels: int = Field(default=50_000_000, ge=1)
     train_resolution: int = Field(default=512, ge=64)
+    # What a /train asks the workers for: steps, and prior-preservation images of the class.
+    train_steps: int = Field(default=DEFAULT_TRAIN_STEPS, ge=1, le=MAX_TRAIN_STEPS)
+    train_class_images: int = Field(default=DEFAULT_CLASS_IMAGES, ge=0, le=MAX_CLASS_IMAGES)
     person_classes: str = "person,man,woman,boy,girl,face,child,baby"
 
     @model_validator(mode="after")

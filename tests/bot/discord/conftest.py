@@ -8,7 +8,7 @@ with Manage Server)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,3 +117,18 @@ def callback_types(env: Any, since: int = 0) -> list[int]:
 
 
 __all__ = ["World", "callback_types", "simcord"]
+
+
+@pytest.fixture
+def downloads(world: World, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The attachment URLs the bot fetched from (SimCord's fake of) Discord's CDN."""
+    cdn = world.env.backend.cdn
+    fetched: list[str] = []
+    real_get: Callable[[str], bytes | None] = cdn.get
+
+    def get(url: str) -> bytes | None:
+        fetched.append(url)
+        return real_get(url)
+
+    monkeypatch.setattr(cdn, "get", get)
+    return fetched
