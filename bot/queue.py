@@ -286,3 +286,30 @@ class JobQueue:
             except WatchError:  # a worker claimed it meanwhile: abort it instead
                 return False
         return True
+
+    # -- purge -----------------------------------------------------------------------------
+
+    async def purge(self, job_id: str) -> int | None:
+        """Delete every Redis trace of an ended job (``/forget``): arq's job, result, retry and
+        in-progress keys, its place in a queue or the abort set, and its progress; returns
+        how many were removed (0 the second time).
+
+        A job a worker still holds is left as it is and None returned: its worker would write
+        its keys again, and dropping its abort request would let it run on. Cancel it, and
+        purge it once the worker let go.
+        """
+        if await self.redis.exists(in_progress_key_prefix + job_id):
+            return None
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(
+                job_key_prefix + job_id,
+                result_key_prefix + job_id,
+                retry_key_prefix + job_id,
+                in_progress_key_prefix + job_id,
+                progress_key(job_id),
+            )
+            pipe.zrem(TRAIN_QUEUE, job_id)
+            pipe.zrem(GENERATE_QUEUE, job_id)
+            pipe.zrem(abort_jobs_ss, job_id)
+            counts = await pipe.execute()
+        return sum(int(n) for n in counts)

@@ -58,6 +58,16 @@ class ConsentRepo(Repo):
         )
         return [_consent(r) for r in rows]
 
+    async def delete_member(self, user_id: int, guild_id: int | None) -> int:
+        """Delete the member's consents given in one guild (``/forget``); returns how many."""
+        return await self.db.execute(
+            "DELETE FROM consents WHERE user_id = ? AND guild_id IS ?", (user_id, guild_id)
+        )
+
+
+# Keys of an audit entry's detail that name the member an action was about.
+_SUBJECT_KEYS = ("owner", "member")
+
 
 class AuditRepo(Repo):
     async def log(
@@ -82,3 +92,29 @@ class AuditRepo(Repo):
             (guild_id, limit),
         )
         return [_audit(r) for r in rows]
+
+    async def forget_subject(self, guild_id: int, user_id: int) -> int:
+        """Remove a member from the entries of one guild that were about them (``/forget``):
+        the target and the detail keys naming them go; what was done, and by which admin,
+        stays. Returns the entries changed."""
+        rows = await self.db.fetchall(
+            "SELECT id, target, detail FROM audit_log WHERE guild_id = ? AND (target = ?"
+            " OR detail LIKE ?)",
+            (guild_id, str(user_id), f"%{user_id}%"),
+        )
+        changed = 0
+        async with self.db.transaction() as conn:
+            for row in rows:
+                detail = json.loads(row["detail"])
+                kept = {
+                    k: v for k, v in detail.items() if not (k in _SUBJECT_KEYS and v == user_id)
+                }
+                target = None if row["target"] == str(user_id) else row["target"]
+                if kept == detail and target == row["target"]:
+                    continue
+                await conn.execute(
+                    "UPDATE audit_log SET target = ?, detail = ? WHERE id = ?",
+                    (target, json.dumps(kept), row["id"]),
+                )
+                changed += 1
+        return changed

@@ -172,6 +172,10 @@ class JobRepo(Repo):
         )
         return [str(r[0]) for r in rows]
 
+    async def delete(self, job_id: str) -> bool:
+        """Delete one job row (``/forget``, once its worker let go of it); False if none."""
+        return await self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)) > 0
+
     async def active(self, kind: JobKind | None = None) -> list[Job]:
         """Queued and running jobs, oldest first (the admin's queue view, restart recovery)."""
         sql = "SELECT * FROM jobs WHERE status IN ('queued', 'running')"

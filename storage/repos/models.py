@@ -135,3 +135,20 @@ class ModelRepo(Repo):
                     (owner_id,),
                 )
         return True
+
+    async def delete_member(self, owner_id: int, guild_id: int | None) -> list[str]:
+        """Delete the owner's models trained in one guild (``/forget``); returns their ids. When
+        their default goes with them, their oldest model elsewhere becomes the default."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "DELETE FROM models WHERE owner_id = ? AND guild_id IS ? RETURNING id, is_default",
+                (owner_id, guild_id),
+            )
+            rows = list(await cur.fetchall())
+            if any(row[1] for row in rows):
+                await conn.execute(
+                    "UPDATE models SET is_default = 1 WHERE id = (SELECT id FROM models"
+                    " WHERE owner_id = ? ORDER BY created_at, id LIMIT 1)",
+                    (owner_id,),
+                )
+        return [str(row[0]) for row in rows]

@@ -24,6 +24,22 @@ class UserRepo(Repo):
         """Forget a user: their models, jobs, ledger and consents go with them (cascade)."""
         return await self.db.execute("DELETE FROM users WHERE id = ?", (user_id,)) > 0
 
+    async def delete_if_unused(self, user_id: int) -> bool:
+        """Delete the user row when no job, model, ledger row, override or consent of theirs is
+        left in any guild (``/forget``); False when something remains, or no row existed."""
+        return (
+            await self.db.execute(
+                "DELETE FROM users WHERE id = ?"
+                " AND NOT EXISTS (SELECT 1 FROM jobs WHERE owner_id = users.id)"
+                " AND NOT EXISTS (SELECT 1 FROM models WHERE owner_id = users.id)"
+                " AND NOT EXISTS (SELECT 1 FROM usage_ledger WHERE user_id = users.id)"
+                " AND NOT EXISTS (SELECT 1 FROM limit_overrides WHERE user_id = users.id)"
+                " AND NOT EXISTS (SELECT 1 FROM consents WHERE user_id = users.id)",
+                (user_id,),
+            )
+            > 0
+        )
+
 
 class GuildRepo(Repo):
     async def get(self, guild_id: int) -> GuildSettings:
