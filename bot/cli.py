@@ -24,6 +24,7 @@ from storage.rules import argument, check_resolution, check_word
 
 if TYPE_CHECKING:
     from bot.photos import PhotoReport, SetReport
+    from bot.stack import Wiring
 
 __all__ = ["BotSide", "register"]
 
@@ -39,6 +40,33 @@ class BotSide(Protocol):
 
     @property
     def bot(self) -> BotSettings: ...
+
+    @property
+    def model_preset(self) -> str:
+        """The base model the workers run (a training spec must name it)."""
+        ...
+
+    @property
+    def bpe_path(self) -> Path | None:
+        """The CLIP merges file the workers read (None: they download it)."""
+        ...
+
+    @property
+    def hf_token(self) -> str | None:
+        """The Hub token models are hosted with (None: hosting off)."""
+        ...
+
+
+def _wiring(settings: BotSide) -> Wiring:
+    from bot.stack import Wiring
+    from storage.hub import HubModelHost
+
+    token = settings.hf_token
+    return Wiring(
+        preset=settings.model_preset,
+        bpe_path=settings.bpe_path,
+        host=HubModelHost.connect(token) if token else None,
+    )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,7 +89,7 @@ def _cmd_up(args: argparse.Namespace, settings: BotSide) -> int:
     from bot.stack import run_up
 
     quiet_voice_warnings()
-    return run_up(settings.bot, settings.storage)
+    return run_up(settings.bot, settings.storage, _wiring(settings))
 
 
 def _cmd_bot(args: argparse.Namespace, settings: BotSide) -> int:
@@ -70,7 +98,7 @@ def _cmd_bot(args: argparse.Namespace, settings: BotSide) -> int:
     from bot.stack import run_bot
 
     quiet_voice_warnings()
-    return run_bot(settings.bot, settings.storage)
+    return run_bot(settings.bot, settings.storage, _wiring(settings))
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: BotSide) -> int:

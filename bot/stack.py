@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import discord
@@ -30,7 +31,19 @@ from storage.errors import ConfigError, DreambotError
 from storage.redis_server import EmbeddedRedis
 from storage.repos import Repos
 
-__all__ = ["run_bot", "run_up"]
+__all__ = ["Wiring", "run_bot", "run_up"]
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What the composition root hands the bot from the workers' side: the preset a training
+    spec names, the CLIP merges file for exact prompt token counts (None: a lower bound), and
+    the Hub host of the models (None: hosting off)."""
+
+    preset: str = "sd-v1"
+    bpe_path: Path | None = None
+    host: ModelHost | None = None
+
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +113,7 @@ async def _serve(
     redis_url: str,
     *,
     with_worker: bool,
-    host: ModelHost | None,
+    wiring: Wiring,
 ) -> int:
     token = settings.require_token()
     stop = _Stop()
@@ -113,7 +126,8 @@ async def _serve(
         await db.close()  # its thread would keep the process alive
         raise
     apply_api_base(settings)
-    client = DreamBot(settings, DreamService(Backend(settings, Repos(db), queue, store, host)))
+    backend = Backend(settings, Repos(db), queue, store, wiring.host, wiring.preset)
+    client = DreamBot(settings, DreamService(backend, bpe_path=wiring.bpe_path))
     tasks: list[asyncio.Task[None]] = []
     worker: asyncio.subprocess.Process | None = None
     try:
@@ -150,7 +164,11 @@ async def _serve(
     return 0
 
 
-def run_up(settings: BotSettings, storage: StorageSettings, host: ModelHost | None = None) -> int:
+def run_up(
+    settings: BotSettings,
+    storage: StorageSettings,
+    wiring: Wiring | None = None,
+) -> int:
     """Embedded Redis (if REDIS_URL is empty) + one worker + the bot, until a signal."""
     settings.require_token()  # before anything starts
     redis: EmbeddedRedis | None = None
@@ -159,14 +177,20 @@ def run_up(settings: BotSettings, storage: StorageSettings, host: ModelHost | No
         redis = EmbeddedRedis(storage.redis_dir, persist=True)
         redis_url = redis.start()
     try:
-        return asyncio.run(_serve(settings, storage, redis_url, with_worker=True, host=host))
+        return asyncio.run(
+            _serve(settings, storage, redis_url, with_worker=True, wiring=wiring or Wiring())
+        )
     finally:
         if redis is not None:
             redis.stop()
             log.info("embedded Redis stopped")
 
 
-def run_bot(settings: BotSettings, storage: StorageSettings, host: ModelHost | None = None) -> int:
+def run_bot(
+    settings: BotSettings,
+    storage: StorageSettings,
+    wiring: Wiring | None = None,
+) -> int:
     """Only the bot (workers run elsewhere against the same REDIS_URL and BLOB_URL)."""
     settings.require_token()
     if not storage.redis_url:
@@ -174,4 +198,6 @@ def run_bot(settings: BotSettings, storage: StorageSettings, host: ModelHost | N
             "REDIS_URL is not set. `dreambot bot` runs the bot alone and needs the Redis that "
             "the workers use; use `dreambot up` to run everything on one machine."
         )
-    return asyncio.run(_serve(settings, storage, storage.redis_url, with_worker=False, host=host))
+    return asyncio.run(
+        _serve(settings, storage, storage.redis_url, with_worker=False, wiring=wiring or Wiring())
+    )

@@ -50,6 +50,22 @@ class Context:
         return self.settings.trainer
 
     @property
+    def model_preset(self) -> str:
+        """MODEL_PRESET, the trainer's setting, which the bot must name in training specs."""
+        return self.trainer.model_preset
+
+    @property
+    def bpe_path(self) -> Path | None:
+        """BPE_PATH, the CLIP merges file the workers read; the bot counts prompt tokens with it."""
+        return self.trainer.bpe_path
+
+    @property
+    def hf_token(self) -> str | None:
+        """HF_TOKEN: the workers host models on the Hub with it; the bot links and deletes them."""
+        token = self.trainer.hf_token
+        return token.get_secret_value() if token is not None else None
+
+    @property
     def train_resolution(self) -> int:
         return self.settings.train_resolution
 

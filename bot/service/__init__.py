@@ -11,6 +11,8 @@ channel allowed, admin, owner), and raises a ``UserFacingError`` with plain word
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bot.service.admin import AdminService
 from bot.service.context import (
     CONSENT_TEXT,
@@ -49,10 +51,13 @@ __all__ = [
 class DreamService:
     """Every use case over one backend; built once by the entry point, shared by front ends."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, bpe_path: Path | str | None = None) -> None:
+        """``bpe_path``: the CLIP merges file the workers' tokenizer reads, so /imagine counts a
+        prompt's tokens exactly (without it, a lower bound that never refuses a prompt CLIP
+        would take)."""
         self.backend = backend
         self.training = TrainingService(backend)
-        self.imagine = ImagineService(backend)
+        self.imagine = ImagineService(backend, bpe_path)
         self.models = ModelService(backend)
         self.admin = AdminService(backend)
         self.privacy = PrivacyService(backend)

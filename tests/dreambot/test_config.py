@@ -129,3 +129,22 @@ def test_token_value_is_never_echoed(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert "hunter2" not in str(err.value) and "PHOTOS_MIN" in str(err.value)
+
+
+def test_the_bot_is_wired_with_the_workers_preset_vocabulary_and_hub(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bot.cli import _wiring
+    from dreambot.cli import Context
+    from storage.hub import HubModelHost
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODEL_PRESET", "tiny")
+    monkeypatch.setenv("BPE_PATH", str(tmp_path / "merges.txt"))
+    off = _wiring(Context(load_settings()))
+    assert (off.preset, off.bpe_path, off.host) == ("tiny", tmp_path / "merges.txt", None)
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    host = _wiring(Context(load_settings())).host
+    assert isinstance(host, HubModelHost)
+    assert host.url("alice/sks-dog") == "https://huggingface.co/alice/sks-dog"
