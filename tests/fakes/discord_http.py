@@ -80,6 +80,9 @@ class FakeDiscord:
             pass
         return ws
 
+    def extra_routes(self, app: web.Application) -> None:
+        """More routes, for fakes that answer more of Discord."""
+
     async def start(self) -> FakeDiscord:
         app = web.Application()
         app.router.add_get("/api/v10/users/@me", self._me)
@@ -90,6 +93,7 @@ class FakeDiscord:
         )
         app.router.add_get("/api/v10/gateway/bot", self._gateway_info)
         app.router.add_get("/gateway", self._gateway)
+        self.extra_routes(app)
         self.runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)

@@ -9,8 +9,8 @@ the images were given back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
+import logging
 from typing import TYPE_CHECKING
 
 import discord
@@ -31,6 +31,8 @@ __all__ = ["GRID_FILE", "picture_file", "show_finished", "show_progress"]
 
 GRID_FILE = "grid.png"
 FAILED = discord.Colour.red()
+
+log = logging.getLogger(__name__)
 
 
 def picture_file(index: int, seed: int | None) -> str:
@@ -87,8 +89,12 @@ async def _post_result(bot: DreamBot, done: Finished) -> None:
     )
     await bot.service.backend.repos.jobs.set_message(job.id, message.channel.id, message.id)
     if progress is not None and progress.id != message.id:
-        with contextlib.suppress(discord.NotFound, discord.Forbidden):
+        # The result is out: tidying the progress message away must not make delivery try
+        # again (that would post the pictures twice), so any failure here is only logged.
+        try:
             await progress.delete()
+        except discord.HTTPException as exc:
+            log.warning("job %s: could not delete its progress message: %s", job.id, exc)
 
 
 async def _report_failure(bot: DreamBot, done: Finished) -> None:
