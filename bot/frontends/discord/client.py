@@ -14,7 +14,7 @@ from bot.frontends.discord.notifier import DiscordNotifier
 from bot.frontends.discord.render import send_error
 from bot.service import DreamService
 
-__all__ = ["DreamBot", "apply_api_base", "quiet_voice_warnings"]
+__all__ = ["INVITE_PERMISSIONS", "DreamBot", "apply_api_base", "invite_url", "quiet_voice_warnings"]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,27 @@ COG_MODULES: tuple[str, ...] = tuple(
     f"bot.frontends.discord.cogs.{name}"
     for name in ("account", "training", "imagine", "models", "admin", "privacy")
 )
+
+# What the bot does in a channel: post and edit its messages, embeds and pictures, and open,
+# post in and close private upload threads. The README's invite URL carries exactly these.
+INVITE_PERMISSIONS = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    send_messages_in_threads=True,
+    create_private_threads=True,
+    manage_threads=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+)
+
+
+def invite_url(application_id: int | str) -> str:
+    """The link a server admin opens to add the bot, with its scopes and permissions."""
+    return (
+        f"https://discord.com/oauth2/authorize?client_id={application_id}"
+        f"&scope=bot+applications.commands&permissions={INVITE_PERMISSIONS.value}"
+    )
 
 
 def apply_api_base(settings: BotSettings) -> None:
@@ -89,3 +110,5 @@ class DreamBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("logged in as %s in %d guilds", self.user, len(self.guilds))
+        if self.application_id is not None:
+            log.info("invite it to a server: %s", invite_url(self.application_id))
