@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+from types import SimpleNamespace
 from typing import Any
 
+import discord
 from PIL import Image
 
 from bot.delivery import Finished
@@ -244,3 +246,20 @@ async def test_a_variation_button_names_the_picture_shown_when_one_is_missing(
     await world.alice.click(result, label="V2")
     vary = (await backend.repos.jobs.for_owner(world.alice.id))[1]
     assert all(abs(s - 7002) <= VARIATION_SPREAD for s in vary.params["seeds"])
+
+
+async def test_a_failed_clean_up_after_the_result_does_not_post_it_again(
+    world: World, backend: Backend, simcord_bot: DreamBot, monkeypatch: Any
+) -> None:
+    """Removing the progress message comes after the result is out: when Discord refuses it
+    (a 500 here), show_finished still returns, so delivery marks the job and posts nothing more."""
+    job = await finished_job(world, backend)
+
+    async def refuse(self: discord.Message, **_: Any) -> None:
+        raise discord.HTTPException(SimpleNamespace(status=500, reason="Server Error"), "down")
+
+    monkeypatch.setattr(discord.Message, "delete", refuse)
+    await deliver(simcord_bot, backend, job)
+    posted = [m for m in await backend_history(simcord_bot, job) if m.attachments]
+    assert len(posted) == 1
+    assert job.message_id in [m.id for m in await backend_history(simcord_bot, job)]  # kept
