@@ -50,6 +50,9 @@ DELIVERY_EVERY_S = 1.5
 # up to the maximum (a rate limit's own wait is respected when longer).
 BACKOFF_S = 5.0
 BACKOFF_MAX_S = 300.0
+# Tries to tell the member of a finished job before giving up (the channel gone and their DMs
+# closed): about 40 minutes of backing off. The job's row keeps its result either way.
+DELIVERY_TRIES = 12
 # An active job missing from Redis for this long while the bot runs is taken as lost (Redis
 # restarted without its data) and recovered; shorter gaps are a job being written and queued.
 LOST_AFTER_S = 60.0
@@ -186,6 +189,16 @@ class Delivery:
             delay = max(delay, float(getattr(exc, "retry_after", 0) or 0))
             watch.failures += 1
             watch.retry_at = now + delay
+            if step == self._deliver and watch.failures >= DELIVERY_TRIES:
+                log.error(
+                    "job %s: could not tell its owner after %d tries (%s); giving up",
+                    job.id,
+                    watch.failures,
+                    exc,
+                )
+                await self.backend.repos.jobs.mark_delivered(job.id)
+                self._watches.pop(job.id, None)
+                return
             log.warning(
                 "job %s: delivery failed (%s); trying again in %.0f s",
                 job.id,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -53,6 +54,8 @@ from storage.jobs import (
 
 __all__ = ["JobQueue", "JobState", "JobStatus"]
 
+log = logging.getLogger(__name__)
+
 Result = TrainResult | GenerateResult
 Spec = TrainSpec | GenerateSpec
 
@@ -92,7 +95,10 @@ def _failure(info: JobResult) -> JobFailed | JobCancelled:
         return JobCancelled()
     if isinstance(exc, JobFailed | JobCancelled):
         return exc
-    return JobFailed(f"The job failed ({type(exc).__name__}: {exc}).", "job_failed")
+    # Anything else is the queue's or the worker's own trouble: the member gets plain words,
+    # the log the detail.
+    log.warning("job failed with an unexpected %s: %s", type(exc).__name__, exc)
+    return JobFailed("The job failed on the worker. Please try again later.", "job_failed")
 
 
 class JobQueue:

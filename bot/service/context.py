@@ -98,9 +98,12 @@ class Backend:
     async def guard(self, actor: Actor) -> GuildSettings:
         """Refuse a banned member, or a channel the server has not allowed (admins may act
         anywhere). Every member-facing use case calls this first."""
-        guild = await self.guild(actor)
         if actor.guild_id is None:
-            return guild
+            # A DM has no server: no ban, channel list, blocklist or quota of one would apply.
+            raise AccessDenied(
+                "dreambot works inside a server: use its commands in one of the server's channels."
+            )
+        guild = await self.guild(actor)
         if actor.user_id in guild.banned_users:
             raise AccessDenied(
                 "You can't use this bot in this server: a server admin has blocked you. Ask them "

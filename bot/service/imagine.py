@@ -247,6 +247,8 @@ class ImagineService:
             await self.backend.repos.jobs.transition(
                 job_id, JobStatus.FAILED, error="It could not be queued; nothing was charged."
             )
+        # The member hears of it from the request itself; delivery must not tell them again.
+        await self.backend.repos.jobs.mark_delivered(job_id)
 
     # -- the buttons under a result ----------------------------------------------------------
 

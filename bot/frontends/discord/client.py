@@ -6,6 +6,7 @@ import logging
 
 import discord
 import yarl
+from discord import app_commands
 from discord.ext import commands, tasks
 
 from bot.config import BotSettings
@@ -23,6 +24,9 @@ COG_MODULES: tuple[str, ...] = tuple(
     f"bot.frontends.discord.cogs.{name}"
     for name in ("account", "training", "imagine", "models", "admin", "privacy")
 )
+
+# The longest rate-limit wait discord.py may sleep through inside one call.
+RATE_LIMIT_WAIT_S = 5.0
 
 # What the bot does in a channel: post and edit its messages, embeds and pictures, and open,
 # post in and close private upload threads. The README's invite URL carries exactly these.
@@ -71,6 +75,12 @@ class DreamBot(commands.Bot):
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),
             help_command=None,
+            # Servers only: bans, channels, the blocklist and quotas are a server's; Discord
+            # then offers no command in a DM (the service refuses one there as well).
+            allowed_contexts=app_commands.AppCommandContext(guild=True),
+            # A rate limit longer than this raises instead of sleeping inside the call, so the
+            # delivery loop backs that job off and goes on with the others.
+            max_ratelimit_timeout=RATE_LIMIT_WAIT_S,
         )
         self.settings = settings
         self.service = service

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 
 import discord
@@ -161,3 +161,12 @@ def image_grid(pngs: Sequence[bytes], *, gap: int = 4) -> bytes:
     out = io.BytesIO()
     sheet.save(out, format="PNG")
     return out.getvalue()
+
+
+async def quietly(edit: Awaitable[object]) -> None:
+    """Tidy a message after the fact (a view that timed out): a message the member dismissed,
+    or an interaction token that expired, is nothing to report."""
+    try:
+        await edit
+    except discord.HTTPException as exc:
+        log.info("could not tidy a message: %s", exc)

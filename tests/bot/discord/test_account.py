@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 import pytest
 import simcord
 
-from bot.service import Actor, Backend
+from bot.errors import AccessDenied
+from bot.service import Actor, Backend, DreamService
+from bot.service.imagine import ImagineRequest
 from storage.jobs import GenerateSpec
 from storage.records import JobKind, JobStatus, LimitKind, QuotaKind
 from tests.bot.discord.conftest import World
@@ -110,3 +112,19 @@ async def test_an_unexpected_error_shows_an_error_id_that_is_logged(
 
 def test_actor_defaults() -> None:
     assert Actor(1, None).is_admin is False
+
+
+async def test_nothing_is_offered_or_done_in_a_dm(world: World, backend: Backend) -> None:
+    """A DM has no server whose bans, channels, blocklist and quotas would apply."""
+    user = world.env.create_user("dm-user")
+    assert list(user.available_commands()) == []
+    service = DreamService(backend)
+    dm = Actor(world.alice.id, None)
+    for call in (
+        service.quota(dm),
+        service.models.mine(dm),
+        service.imagine.imagine(dm, ImagineRequest("a photo of a dog")),
+    ):
+        with pytest.raises(AccessDenied, match="inside a server"):
+            await call
+    assert await backend.repos.jobs.for_owner(world.alice.id) == []

@@ -242,6 +242,7 @@ async def test_a_failure_after_the_reservation_refunds_it_and_fails_the_row(
     simcord.assert_error(world.env, OSError)
     job = await only_job(backend, world.alice.id)
     assert job.status is JobStatus.FAILED
+    assert job.delivered_at is not None  # told once, here; the delivery loop stays quiet
     [held] = await backend.repos.quotas.for_job(job.id)
     assert held.state is LedgerState.REFUNDED
     assert await queued_ids(backend) == []

@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.frontends.discord.client import DreamBot
-from bot.frontends.discord.render import BRAND, actor_of, job_line, reply, send_error
+from bot.frontends.discord.render import BRAND, actor_of, job_line, quietly, reply, send_error
 from bot.service import DreamService
 from bot.service.admin import MAX_LIMIT, QuotaChange, QuotaReport, UsageDay
 from bot.service.lifecycle import ActiveJob
@@ -164,7 +164,7 @@ class QueueView(discord.ui.View):
 
     async def on_timeout(self) -> None:
         if self.origin is not None:
-            await self.origin.edit_original_response(view=None)
+            await quietly(self.origin.edit_original_response(view=None))
 
     async def on_error(
         self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[QueueView]

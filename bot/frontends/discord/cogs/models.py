@@ -11,7 +11,15 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.frontends.discord.client import DreamBot
-from bot.frontends.discord.render import BRAND, actor_of, image_grid, reply, send_error, timestamp
+from bot.frontends.discord.render import (
+    BRAND,
+    actor_of,
+    image_grid,
+    quietly,
+    reply,
+    send_error,
+    timestamp,
+)
 from bot.service import Actor, DreamService
 from bot.service.models import MODEL_NAME_MAX, size_text
 from storage.records import ModelRecord
@@ -67,8 +75,10 @@ class ConfirmDelete(discord.ui.View):
 
     async def on_timeout(self) -> None:
         if self.message is not None:
-            await self.message.edit(
-                content=f"Nothing was deleted: **{self.model.name}** stays.", view=None
+            await quietly(
+                self.message.edit(
+                    content=f"Nothing was deleted: **{self.model.name}** stays.", view=None
+                )
             )
 
 

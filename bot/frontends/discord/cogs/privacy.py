@@ -7,7 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.frontends.discord.client import DreamBot
-from bot.frontends.discord.render import actor_of, send_error
+from bot.frontends.discord.render import actor_of, quietly, send_error
 from bot.service import DreamService
 from bot.service.privacy import Footprint, ForgetReport
 
@@ -117,11 +117,13 @@ class ForgetView(discord.ui.View):
         )
 
     async def on_timeout(self) -> None:
-        await self.origin.edit_original_response(
-            content="Nothing was deleted: the confirmation expired. Run /forget again if you "
-            "still want to.",
-            embed=None,
-            view=None,
+        await quietly(
+            self.origin.edit_original_response(
+                content="Nothing was deleted: the confirmation expired. Run /forget again if you "
+                "still want to.",
+                embed=None,
+                view=None,
+            )
         )
 
     async def on_error(
