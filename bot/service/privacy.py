@@ -69,6 +69,9 @@ class ForgetReport:
     redis_keys: int = 0
     stopping: int = 0
     user_removed: bool = False
+    # (channel id, message id) of the deleted jobs' messages (progress, pictures, samples):
+    # the front end removes them from the channels too.
+    messages: tuple[tuple[int, int], ...] = ()
 
     @property
     def nothing(self) -> bool:
@@ -170,9 +173,15 @@ class PrivacyService:
             redis_keys=redis_keys,
             stopping=len(held),
             user_removed=user_removed,
+            messages=tuple(
+                (job.channel_id, job.message_id)
+                for job in jobs
+                if job.id not in held and job.channel_id and job.message_id
+            ),
         )
         counts = asdict(report)
         counts["hub_left"] = len(hub_left)
+        counts["messages"] = len(report.messages)
         await repos.audit.log(guild_id, 0, FORGET_ACTION, None, counts)
         return report
 

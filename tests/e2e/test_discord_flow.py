@@ -200,6 +200,8 @@ async def test_train_then_imagine_then_forget_through_discord(
     assert done.response.content.startswith("Done. Deleted from this server:")
 
     assert await _member_rows(backend, alice) == dict.fromkeys(MEMBER_TABLES, 0)
+    left = [m.id for m in world.channel.history(viewer=world.alice)]
+    assert ready.id not in left and images.id not in left  # the pictures are gone from Discord
     assert [k for k in _blobs(tmp_path) if any(i in k for i in ids)] == []
     redis = await _redis_text(backend)
     assert [i for i in ids if i in redis] == [] and str(alice) not in redis

@@ -218,7 +218,7 @@ async def show_finished(bot: DreamBot, done: Finished) -> None:
             grid = await asyncio.to_thread(image_grid, done.images)
             files.append(discord.File(io.BytesIO(grid), filename=SAMPLES_FILE))
         words = f"{job.params.get('identifier', '')} {job.params.get('class_name', '')}"
-        await notifier.send_to_member(
+        posted = await notifier.send_to_member(
             bot,
             job,
             content=(
@@ -228,6 +228,8 @@ async def show_finished(bot: DreamBot, done: Finished) -> None:
             files=files,
             allowed_mentions=_owner_mention(job),
         )
+        # The samples show the subject: the job now names this message, so /forget removes it.
+        await bot.service.backend.repos.jobs.set_message(job.id, posted.channel.id, posted.id)
         return
     cancelled = job.status is JobStatus.CANCELLED
     reason = done.error or (

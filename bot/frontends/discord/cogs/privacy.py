@@ -105,6 +105,9 @@ class ForgetView(discord.ui.View):
             content="Deleting your data in this server…", embed=None, view=None
         )
         report = await self.service.privacy.forget(actor_of(interaction))
+        for channel_id, message_id in report.messages:  # the pictures posted in channels
+            channel = interaction.client.get_partial_messageable(channel_id)
+            await quietly(channel.get_partial_message(message_id).delete())
         await interaction.edit_original_response(content=forget_text(report))
 
     @discord.ui.button(label="Keep my data", style=discord.ButtonStyle.secondary)
