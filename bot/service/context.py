@@ -8,31 +8,58 @@ interaction, later a Telegram message) and renders the ``UserFacingError``\\ s r
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from bot.config import BotSettings
-from bot.errors import AccessDenied
+from bot.errors import AccessDenied, InvalidArgument
 from bot.queue import JobQueue
 from storage.blobs import BlobStore
 from storage.records import GuildSettings, LimitKind, QuotaKind
 from storage.repos import Clock, Repos, utcnow
 
 __all__ = [
+    "BASE_MODEL",
     "CONSENT_TEXT",
     "CONSENT_VERSION",
+    "MODEL_NAME_MAX",
     "Actor",
     "Backend",
     "ModelHost",
     "QuotaStatus",
     "Usage",
+    "check_model_name",
     "default_limit",
     "guild_key",
     "next_reset",
     "quota_status",
 ]
+
+# What a member picks (or types) in /imagine for the base model; no model of theirs takes it.
+BASE_MODEL = "base"
+MODEL_NAME_MAX = 32
+# Letters and digits of any script, then also spaces, dots, hyphens and underscores: a name is
+# shown in messages and typed in /imagine, so no markdown, mentions or line breaks.
+_MODEL_NAME = re.compile(r"\w[\w .-]*", re.UNICODE)
+
+
+def check_model_name(text: str) -> str:
+    """A model name as a member typed it, trimmed; InvalidArgument when it cannot be one."""
+    name = " ".join(text.split())
+    if not name or len(name) > MODEL_NAME_MAX or not _MODEL_NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"{text!r} can't be a model name: use up to {MODEL_NAME_MAX} letters, digits, "
+            "spaces, dots, hyphens or underscores, e.g. my-dog."
+        )
+    if name.casefold() == BASE_MODEL:
+        raise InvalidArgument(
+            f"**{BASE_MODEL}** is how /imagine names the base model; pick another name."
+        )
+    return name
+
 
 T = TypeVar("T")
 

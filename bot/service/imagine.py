@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import AccessDenied, InvalidArgument, NotFound, QuotaExceeded, StorageError
-from bot.service.context import Actor, Backend, default_limit, guild_key
+from bot.service.context import BASE_MODEL, Actor, Backend, default_limit, guild_key
 from bot.service.lifecycle import JobLifecycle
 from bot.service.models import find_model, matching, models_here
 from bot.service.prompts import TokenCounter, check_blocklist, identifier_hint
@@ -41,8 +41,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# What a member picks (or types) for the base model when they have a default of their own.
-BASE_MODEL = "base"
 # Random seeds stay below 2**32: short enough to read and type back, and any seed draws as well.
 RANDOM_SEED_BELOW = 2**32
 # Variations draw from seeds at most this far from the chosen image's seed (see variation_seeds).

@@ -12,8 +12,8 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from bot.errors import Conflict, InvalidArgument, NotFound
-from bot.service.context import Actor, Backend
+from bot.errors import Conflict, NotFound
+from bot.service.context import MODEL_NAME_MAX, Actor, Backend, check_model_name
 from storage.blobs import MODEL_METADATA_FILE, keys
 from storage.errors import StorageError
 from storage.records import ModelRecord, TrainMethod
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 # Discord's upload limit when the platform does not say (10 MiB per request by default).
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
-MODEL_NAME_MAX = 40
 # The files a finished training leaves under ``models/<id>/`` (``trainer/export.py``): the
 # weights, and the metadata file, which names the base the weights need.
 WEIGHT_FILES = {TrainMethod.LORA: "lora.npz", TrainMethod.FULL: "unet.npz"}
@@ -161,9 +160,7 @@ class ModelService:
         """Give a model a new name, unique among the actor's models."""
         await self.backend.guard(actor)
         model = await self.own(actor, key)
-        name = " ".join(name.split())
-        if not name or len(name) > MODEL_NAME_MAX:
-            raise InvalidArgument(f"A model name must be 1 to {MODEL_NAME_MAX} characters.")
+        name = check_model_name(name)
         try:
             await self.backend.repos.models.rename(actor.user_id, model.id, name)
         except StorageError as exc:

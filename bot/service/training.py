@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,8 +21,10 @@ from bot.photos import NormalisedPhoto, PhotoInput, PhotoRules, SetReport, check
 from bot.queue import JobStatus as QueueStatus
 from bot.service.context import (
     CONSENT_VERSION,
+    MODEL_NAME_MAX,
     Actor,
     Backend,
+    check_model_name,
     default_limit,
     guild_key,
     next_reset,
@@ -45,27 +46,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME_MAX = 32
-# Letters and digits of any script, then also spaces, dots, hyphens and underscores: a name is
-# shown in messages and typed in /imagine, so no markdown, mentions or line breaks.
-_MODEL_NAME = re.compile(r"\w[\w .-]*", re.UNICODE)
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
 def new_id(length: int = 12) -> str:
     """A short random id, safe in URLs, blob keys and custom ids (62 bits at 12 characters)."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
-
-
-def check_model_name(text: str) -> str:
-    """A model name as a member typed it, trimmed; InvalidArgument when it cannot be one."""
-    name = " ".join(text.split())
-    if not name or len(name) > MODEL_NAME_MAX or not _MODEL_NAME.fullmatch(name):
-        raise InvalidArgument(
-            f"{text!r} can't be a model name: use up to {MODEL_NAME_MAX} letters, digits, "
-            "spaces, dots, hyphens or underscores, e.g. my-dog."
-        )
-    return name
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,6 +128,9 @@ async def test_rename_and_a_name_clash(world: World, backend: Backend) -> None:
     assert (await backend.repos.models.get("m-rex")).name == "Rex II"  # type: ignore[union-attr]
     clash = await world.alice.slash(world.channel, "models rename", model="m-rex", name="Mug")
     assert "You already have a model named **Mug**" in clash.response.content
+    for bad, why in (("**bold** <@1>", "can't be a model name"), ("Base", "base model")):
+        refused = await world.alice.slash(world.channel, "models rename", model="m-rex", name=bad)
+        assert why in refused.response.content, bad
     assert (await backend.repos.models.get("m-rex")).name == "Rex II"  # type: ignore[union-attr]
 
 

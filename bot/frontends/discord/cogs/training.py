@@ -11,7 +11,7 @@ from bot.frontends.discord.client import DreamBot
 from bot.frontends.discord.render import actor_of
 from bot.frontends.discord.training_messages import CancelTraining
 from bot.frontends.discord.training_views import Draft, fetch_photos, show_report
-from bot.service.training import TrainRequest
+from bot.service.training import MODEL_NAME_MAX, TrainRequest
 
 __all__ = ["TrainingCog", "setup"]
 
@@ -61,7 +61,7 @@ class TrainingCog(commands.Cog):
         photo8: Photo | None = None,
         photo9: Photo | None = None,
         photo10: Photo | None = None,
-        name: app_commands.Range[str, 1, 40] | None = None,
+        name: app_commands.Range[str, 1, MODEL_NAME_MAX] | None = None,
         mode: app_commands.Choice[str] | None = None,
     ) -> None:
         """Train your own image model on 3 to 25 photos of one subject: you, a pet, a thing."""
