@@ -4,223 +4,40 @@ plays the GPU worker's part) and blobs, with a stand-in for the Hugging Face Hub
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import pytest
 import simcord
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_result
-from arq.worker import Worker, func
 
 from bot.service import Actor, Backend, DreamService
 from bot.service.privacy import FORGET_ACTION
 from storage.blobs import keys
-from storage.hub import HubModelHost
 from storage.jobs import (
-    GENERATE_FUNCTION,
     GENERATE_QUEUE,
     TRAIN_FUNCTION,
     TRAIN_QUEUE,
-    GenerateResult,
-    GenerateSpec,
     Progress,
-    Stage,
-    TrainResult,
-    TrainSpec,
     progress_key,
-    result_key,
-    spec_key,
 )
-from storage.records import JobKind, JobStatus, LimitKind, ModelRecord, QuotaKind, TrainMethod
+from storage.records import JobStatus, LimitKind
 from tests.bot.discord.conftest import World, callback_types
+from tests.bot.discord.privacy_support import (
+    MEMBER_TABLES,
+    StandInHub,
+    blobs,
+    deliver,
+    hub,
+    imagine,
+    member_rows,
+    play_worker,
+    redis_dump,
+    train,
+)
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
-# Every table that holds a member's rows, with its member column.
-MEMBER_TABLES = {
-    "jobs": "owner_id",
-    "models": "owner_id",
-    "usage_ledger": "user_id",
-    "limit_overrides": "user_id",
-    "consents": "user_id",
-}
-
-
-@dataclass
-class StandInHub:
-    """The Hugging Face Hub at its boundary: the repos that exist, and a failure on demand."""
-
-    repos: set[str] = field(default_factory=set)
-    fail_next: bool = False
-
-    def delete_repo(self, repo_id: str, **kwargs: Any) -> None:
-        if self.fail_next:
-            self.fail_next = False
-            raise ConnectionError("the Hub did not answer")
-        if repo_id not in self.repos and not kwargs.get("missing_ok"):
-            raise FileNotFoundError(repo_id)
-        self.repos.discard(repo_id)
-
-
-@pytest.fixture
-def hub(backend: Backend) -> StandInHub:
-    stand_in = StandInHub()
-    backend.host = HubModelHost(stand_in)
-    return stand_in
-
-
-async def _play_worker(backend: Backend, hub: StandInHub, queue: str) -> None:
-    """A real arq worker runs every job waiting on ``queue`` once, writing what the GPU worker
-    writes: model files and samples (and a Hub repo), or images; the result blob; progress."""
-    store = backend.store
-
-    async def train_model(ctx: dict[str, Any], job_id: str) -> str:
-        spec = TrainSpec.from_json(store.get(spec_key(job_id)))
-        files = [keys.model(spec.model_id, "lora.safetensors"), keys.model(spec.model_id, "m.json")]
-        for key in files:
-            store.put(key, b"weights")
-        samples = [keys.model(spec.model_id, "sample-0.png")]
-        store.put(samples[0], PNG)
-        repo = f"org/dreambot-{spec.model_id}"
-        hub.repos.add(repo)
-        result = TrainResult(
-            job_id=job_id,
-            model_id=spec.model_id,
-            model_prefix=keys.model_prefix(spec.model_id),
-            files=files,
-            sha256="ab" * 32,
-            size_bytes=14,
-            steps=spec.steps,
-            final_loss=0.1,
-            seconds=1.0,
-            sample_keys=samples,
-            hub_repo=repo,
-        )
-        store.put(result_key(job_id), result.to_json().encode())
-        await backend.queue.redis.set(
-            progress_key(job_id), Progress(job_id, Stage.DONE.value, 1, 1).to_json()
-        )
-        return result.to_json()
-
-    async def generate_images(ctx: dict[str, Any], job_id: str) -> str:
-        spec = GenerateSpec.from_json(store.get(spec_key(job_id)))
-        image_keys = [keys.output(job_id, i) for i in range(spec.n_images)]
-        for key in image_keys:
-            store.put(key, PNG)
-        result = GenerateResult(job_id, image_keys, list(range(spec.n_images)), 1.0)
-        store.put(result_key(job_id), result.to_json().encode())
-        return result.to_json()
-
-    worker = Worker(
-        functions=[
-            func(train_model, name=TRAIN_FUNCTION),
-            func(generate_images, name=GENERATE_FUNCTION),
-        ],
-        queue_name=queue,
-        redis_pool=backend.queue.redis,
-        burst=True,
-        poll_delay=0,
-        handle_signals=False,
-        keep_result=3600,
-    )
-    await worker.async_run()
-    assert worker.jobs_failed == 0
-
-
-async def _train(
-    backend: Backend,
-    owner: int,
-    guild: int,
-    job_id: str,
-    model_id: str,
-    *,
-    row_names_model: bool = True,
-) -> None:
-    """A training as /train leaves it: consent, photos, row, reservation, spec, queue (whether
-    the row's params name the model is up to /train; the spec always does)."""
-    repos, store = backend.repos, backend.store
-    await repos.consents.record(owner, guild, "person", "v1")
-    photos = [keys.photo(job_id, i, f"{i:064x}") for i in range(3)]
-    for key in photos:
-        store.put(key, PNG)
-    params = {"name": model_id, "identifier": "sks", "class_name": "person"}
-    if row_names_model:
-        params["model_id"] = model_id
-    await repos.jobs.create(job_id, JobKind.TRAIN, owner, guild_id=guild, params=params)
-    await repos.quotas.reserve(owner, guild, QuotaKind.TRAIN, 1, 3, job_id=job_id)
-    spec = TrainSpec(job_id, model_id, photos, "person", "sks", preset="tiny", resolution=64)
-    assert await backend.queue.enqueue(spec)
-
-
-async def _imagine(backend: Backend, owner: int, guild: int, job_id: str) -> None:
-    await backend.repos.jobs.create(
-        job_id, JobKind.GENERATE, owner, guild_id=guild, params={"prompt": "a dog"}
-    )
-    await backend.repos.quotas.reserve(owner, guild, QuotaKind.IMAGES, 2, 50, job_id=job_id)
-    assert await backend.queue.enqueue(GenerateSpec(job_id, "a dog", n_images=2))
-
-
-async def _deliver(backend: Backend, job_id: str, model_name: str | None = None) -> None:
-    """What delivery does with a finished job: the row moves on, quota is spent, the model
-    a training made gets its row (with its Hub link)."""
-    repos = backend.repos
-    result = await backend.queue.outcome(job_id)
-    assert result is not None
-    await repos.jobs.transition(job_id, JobStatus.RUNNING)
-    job = await repos.jobs.transition(
-        job_id, JobStatus.SUCCEEDED, result=json.loads(result.to_json())
-    )
-    for reservation in await repos.quotas.for_job(job_id):
-        await repos.quotas.commit(reservation.id)
-    await repos.jobs.mark_delivered(job_id)
-    if isinstance(result, TrainResult):
-        assert backend.host is not None and result.hub_repo is not None
-        await repos.models.add(
-            ModelRecord(
-                id=result.model_id,
-                owner_id=job.owner_id,
-                guild_id=job.guild_id,
-                name=model_name or result.model_id,
-                class_name="person",
-                identifier="sks",
-                preset="tiny",
-                method=TrainMethod.LORA,
-                blob_key=result.model_prefix,
-                sha256=result.sha256,
-                size_bytes=result.size_bytes,
-                created_at=job.created_at,
-                is_default=False,
-                hub_url=backend.host.url(result.hub_repo),
-            )
-        )
-
-
-async def _redis_dump(backend: Backend) -> str:
-    """Every key in the bot's Redis database with the members of its sorted sets."""
-    redis = backend.queue.redis
-    out = []
-    async for key in redis.scan_iter():
-        out.append(key.decode())
-        if (await redis.type(key)) == b"zset":
-            out += [m.decode() for m in await redis.zrange(key, 0, -1)]
-    return "\n".join(out)
-
-
-def _blobs(backend: Backend) -> list[str]:
-    return [backend.store._relative(p) for p in backend.store.fs.find(backend.store.root)]
-
-
-async def _member_rows(backend: Backend, user: int, guild: int | None) -> dict[str, int]:
-    counts = {}
-    for table, column in MEMBER_TABLES.items():
-        row = await backend.repos.db.fetchone(
-            f"SELECT COUNT(*) FROM {table} WHERE {column} = ? AND guild_id IS ?", (user, guild)
-        )
-        assert row is not None
-        counts[table] = int(row[0])
-    return counts
+__all__ = ["hub"]  # a fixture
 
 
 async def test_forget_deletes_everything_of_the_member_here_and_nothing_else(
@@ -230,21 +47,21 @@ async def test_forget_deletes_everything_of_the_member_here_and_nothing_else(
     other = world.env.create_guild("Other").id
     # Finished work: a delivered training and images, and a training that finished while the
     # bot was down (its row still says queued; only the blob store and Redis know its model).
-    await _train(backend, alice, guild, "a-train-1", "a-model-1")
-    await _train(backend, alice, guild, "a-train-2", "a-model-2")
-    await _imagine(backend, alice, guild, "a-gen-1")
-    await _train(backend, alice, other, "a-train-x", "a-model-x")
-    await _train(backend, bob, guild, "b-train-1", "b-model-1")
-    await _imagine(backend, bob, guild, "b-gen-1")
-    await _play_worker(backend, hub, TRAIN_QUEUE)
-    await _play_worker(backend, hub, GENERATE_QUEUE)
+    await train(backend, alice, guild, "a-train-1", "a-model-1")
+    await train(backend, alice, guild, "a-train-2", "a-model-2")
+    await imagine(backend, alice, guild, "a-gen-1")
+    await train(backend, alice, other, "a-train-x", "a-model-x")
+    await train(backend, bob, guild, "b-train-1", "b-model-1")
+    await imagine(backend, bob, guild, "b-gen-1")
+    await play_worker(backend, hub, TRAIN_QUEUE)
+    await play_worker(backend, hub, GENERATE_QUEUE)
     for job_id in ("a-train-1", "a-gen-1", "a-train-x", "b-train-1", "b-gen-1"):
-        await _deliver(backend, job_id)
+        await deliver(backend, job_id)
     # Work still waiting: a training (with a checkpoint from an earlier try) and images.
-    await _train(backend, alice, guild, "a-train-3", "a-model-3")
+    await train(backend, alice, guild, "a-train-3", "a-model-3")
     backend.store.put(keys.checkpoint("a-train-3", "step-10.npz"), b"ckpt")
-    await _imagine(backend, alice, guild, "a-gen-2")
-    await _imagine(backend, bob, guild, "b-gen-2")
+    await imagine(backend, alice, guild, "a-gen-2")
+    await imagine(backend, bob, guild, "b-gen-2")
     # An admin gave alice her own limit (audited with her id as its target).
     mod = Actor(world.mod.id, guild, world.channel.id, is_admin=True)
     await service.admin.quota_set(mod, LimitKind.IMAGES, 10, alice)
@@ -253,9 +70,9 @@ async def test_forget_deletes_everything_of_the_member_here_and_nothing_else(
     }
     alice_jobs = ("a-train-1", "a-train-2", "a-train-3", "a-gen-1", "a-gen-2")
     alice_models = ("a-model-1", "a-model-2", "a-model-3")
-    blobs_before = _blobs(backend)
+    blobs_before = blobs(backend)
     assert any(k.startswith("models/a-model-2/") for k in blobs_before)
-    redis_before = await _redis_dump(backend)
+    redis_before = await redis_dump(backend)
     assert all(job in redis_before for job in alice_jobs)
 
     shown = await world.alice.slash(world.channel, "forget")
@@ -266,7 +83,7 @@ async def test_forget_deletes_everything_of_the_member_here_and_nothing_else(
     assert "3 jobs of yours are queued or running" in embed.description
     with pytest.raises(simcord.SetupError):
         await world.bob.click(shown.response, label="Delete everything")
-    assert await _member_rows(backend, alice, guild) != dict.fromkeys(MEMBER_TABLES, 0)
+    assert await member_rows(backend, alice, guild) != dict.fromkeys(MEMBER_TABLES, 0)
 
     mark = len(world.env.http_requests)
     done = await world.alice.click(shown.response, label="Delete everything")
@@ -278,21 +95,21 @@ async def test_forget_deletes_everything_of_the_member_here_and_nothing_else(
     assert done.response.embeds == [] and done.response.components == []
 
     # Nothing of alice's is left in this server: rows, blobs, Redis keys, Hub repos.
-    assert await _member_rows(backend, alice, guild) == dict.fromkeys(MEMBER_TABLES, 0)
-    left = _blobs(backend)
+    assert await member_rows(backend, alice, guild) == dict.fromkeys(MEMBER_TABLES, 0)
+    left = blobs(backend)
     assert not [k for k in left if any(x in k for x in (*alice_jobs, *alice_models))]
-    redis = await _redis_dump(backend)
+    redis = await redis_dump(backend)
     assert not [job for job in alice_jobs if job in redis]
     assert hub.repos == {"org/dreambot-a-model-x", "org/dreambot-b-model-1"}
     # Bob's data and alice's data in the other server are untouched.
-    assert await _member_rows(backend, bob, guild) == {
+    assert await member_rows(backend, bob, guild) == {
         "jobs": 3,
         "models": 1,
         "usage_ledger": 3,
         "limit_overrides": 0,
         "consents": 1,
     }
-    assert (await _member_rows(backend, alice, other))["models"] == 1
+    assert (await member_rows(backend, alice, other))["models"] == 1
     untouched = [
         k for k in blobs_before if k.split("/")[1].startswith(("b-", "a-train-x", "a-model-x"))
     ]
@@ -321,20 +138,20 @@ async def test_forget_deletes_everything_of_the_member_here_and_nothing_else(
 async def test_the_user_row_goes_when_nothing_of_theirs_is_left(
     world: World, backend: Backend, hub: StandInHub
 ) -> None:
-    await _imagine(backend, world.alice.id, world.guild.id, "a-gen-1")
+    await imagine(backend, world.alice.id, world.guild.id, "a-gen-1")
     assert await backend.repos.db.fetchone("SELECT 1 FROM users WHERE id = ?", (world.alice.id,))
     shown = await world.alice.slash(world.channel, "forget")
     await world.alice.click(shown.response, label="Delete everything")
     assert not await backend.repos.db.fetchone(
         "SELECT 1 FROM users WHERE id = ?", (world.alice.id,)
     )
-    assert _blobs(backend) == []
+    assert blobs(backend) == []
 
 
 async def test_a_running_job_is_stopped_and_a_second_run_finishes_it(
     world: World, backend: Backend, hub: StandInHub
 ) -> None:
-    await _train(
+    await train(
         backend, world.alice.id, world.guild.id, "a-train-1", "a-model-1", row_names_model=False
     )
     redis = backend.queue.redis
@@ -347,8 +164,8 @@ async def test_a_running_job_is_stopped_and_a_second_run_finishes_it(
     assert job is not None and job.status is JobStatus.CANCELLED
     assert await redis.zscore(abort_jobs_ss, "a-train-1") is not None  # the worker is told
     # Its photos are gone already; its spec stays, since it names the model the job may write.
-    assert [k for k in _blobs(backend) if "a-train-1" in k] == [keys.job_spec("a-train-1")]
-    assert (await _member_rows(backend, world.alice.id, world.guild.id))["usage_ledger"] == 0
+    assert [k for k in blobs(backend) if "a-train-1" in k] == [keys.job_spec("a-train-1")]
+    assert (await member_rows(backend, world.alice.id, world.guild.id))["usage_ledger"] == 0
 
     # The worker stops: arq drops its claim and records the abort; it wrote a checkpoint and
     # progress on the way out.
@@ -377,19 +194,19 @@ async def test_a_running_job_is_stopped_and_a_second_run_finishes_it(
     again = await world.alice.slash(world.channel, "forget")
     finished = await world.alice.click(again.response, label="Delete everything")
     assert finished.response.content.startswith("Done.")
-    assert await _member_rows(backend, world.alice.id, world.guild.id) == dict.fromkeys(
+    assert await member_rows(backend, world.alice.id, world.guild.id) == dict.fromkeys(
         MEMBER_TABLES, 0
     )
-    assert _blobs(backend) == []
-    assert "a-train-1" not in await _redis_dump(backend)
+    assert blobs(backend) == []
+    assert "a-train-1" not in await redis_dump(backend)
 
 
 async def test_a_forget_that_fails_half_way_finishes_when_run_again(
     world: World, backend: Backend, hub: StandInHub
 ) -> None:
-    await _train(backend, world.alice.id, world.guild.id, "a-train-1", "a-model-1")
-    await _play_worker(backend, hub, TRAIN_QUEUE)
-    await _deliver(backend, "a-train-1")
+    await train(backend, world.alice.id, world.guild.id, "a-train-1", "a-model-1")
+    await play_worker(backend, hub, TRAIN_QUEUE)
+    await deliver(backend, "a-train-1")
     hub.fail_next = True
     shown = await world.alice.slash(world.channel, "forget")
     failed = await world.alice.click(shown.response, label="Delete everything")
@@ -397,14 +214,14 @@ async def test_a_forget_that_fails_half_way_finishes_when_run_again(
     assert failed.response.content == "Deleting stopped part-way. Run `/forget` again to finish."
     simcord.assert_error(world.env, ConnectionError)
     assert hub.repos == {"org/dreambot-a-model-1"}
-    assert (await _member_rows(backend, world.alice.id, world.guild.id))["models"] == 1
+    assert (await member_rows(backend, world.alice.id, world.guild.id))["models"] == 1
 
     again = await world.alice.slash(world.channel, "forget")
     done = await world.alice.click(again.response, label="Delete everything")
     assert "• 1 model copy on the Hugging Face Hub" in done.response.content
     assert hub.repos == set()
-    assert _blobs(backend) == []
-    assert await _member_rows(backend, world.alice.id, world.guild.id) == dict.fromkeys(
+    assert blobs(backend) == []
+    assert await member_rows(backend, world.alice.id, world.guild.id) == dict.fromkeys(
         MEMBER_TABLES, 0
     )
 
@@ -412,7 +229,7 @@ async def test_a_forget_that_fails_half_way_finishes_when_run_again(
 async def test_keep_and_an_expired_confirmation_delete_nothing(
     world: World, backend: Backend
 ) -> None:
-    await _imagine(backend, world.alice.id, world.guild.id, "a-gen-1")
+    await imagine(backend, world.alice.id, world.guild.id, "a-gen-1")
     shown = await world.alice.slash(world.channel, "forget")
     kept = await world.alice.click(shown.response, label="Keep my data")
     assert kept.response.content == "Nothing was deleted."
@@ -433,7 +250,7 @@ async def test_a_banned_member_may_still_forget_and_stays_banned(
     await backend.repos.guilds.save(
         replace(settings, banned_users=(world.alice.id,), allowed_channels=(art.id,))
     )
-    await _imagine(backend, world.alice.id, world.guild.id, "a-gen-1")
+    await imagine(backend, world.alice.id, world.guild.id, "a-gen-1")
     shown = await world.alice.slash(world.channel, "forget")
     done = await world.alice.click(shown.response, label="Delete everything")
     assert "• 1 job" in done.response.content
