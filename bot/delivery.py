@@ -51,7 +51,7 @@ DELIVERY_EVERY_S = 1.5
 BACKOFF_S = 5.0
 BACKOFF_MAX_S = 300.0
 # Tries to tell the member of a finished job before giving up (the channel gone and their DMs
-# closed): about 40 minutes of backing off. The job's row keeps its result either way.
+# closed, or a longer outage): about 30 minutes of backing off. The row keeps its result.
 DELIVERY_TRIES = 12
 # An active job missing from Redis for this long while the bot runs is taken as lost (Redis
 # restarted without its data) and recovered; shorter gaps are a job being written and queued.
@@ -196,7 +196,10 @@ class Delivery:
                     watch.failures,
                     exc,
                 )
-                await self.backend.repos.jobs.mark_delivered(job.id)
+                try:
+                    await self.backend.repos.jobs.mark_delivered(job.id)
+                except Exception:
+                    log.exception("job %s: could not mark it given up", job.id)
                 self._watches.pop(job.id, None)
                 return
             log.warning(

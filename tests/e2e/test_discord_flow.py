@@ -172,7 +172,9 @@ async def test_train_then_imagine_then_forget_through_discord(
         world, worker, lambda: _mentioning(world, "your model **rex** is ready"), "model", 900
     )
     assert alice in [user.id for user in ready.mentions]
-    [samples] = ready.attachments
+    card = next(m for m in world.channel.history(viewer=world.alice) if m.id == job.message_id)
+    assert card.embeds[0].title == "Training rex: done"
+    [samples] = card.attachments
     assert Image.open(io.BytesIO(await samples.read())).format == "PNG"
     [model] = await backend.repos.models.for_owner(alice)
     assert (model.name, model.is_default) == ("rex", True)
@@ -201,7 +203,7 @@ async def test_train_then_imagine_then_forget_through_discord(
 
     assert await _member_rows(backend, alice) == dict.fromkeys(MEMBER_TABLES, 0)
     left = [m.id for m in world.channel.history(viewer=world.alice)]
-    assert ready.id not in left and images.id not in left  # the pictures are gone from Discord
+    assert card.id not in left and images.id not in left  # the pictures are gone from Discord
     assert [k for k in _blobs(tmp_path) if any(i in k for i in ids)] == []
     redis = await _redis_text(backend)
     assert [i for i in ids if i in redis] == [] and str(alice) not in redis

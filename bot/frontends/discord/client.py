@@ -25,8 +25,8 @@ COG_MODULES: tuple[str, ...] = tuple(
     for name in ("account", "training", "imagine", "models", "admin", "privacy")
 )
 
-# The longest rate-limit wait discord.py may sleep through inside one call.
-RATE_LIMIT_WAIT_S = 5.0
+# The longest rate-limit wait discord.py may sleep through inside one call (its floor is 30 s).
+RATE_LIMIT_WAIT_S = 30.0
 
 # What the bot does in a channel: post and edit its messages, embeds and pictures, and open,
 # post in and close private upload threads. The README's invite URL carries exactly these.

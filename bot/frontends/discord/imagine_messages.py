@@ -93,7 +93,7 @@ async def _post_result(bot: DreamBot, done: Finished) -> None:
         # again (that would post the pictures twice), so any failure here is only logged.
         try:
             await progress.delete()
-        except discord.HTTPException as exc:
+        except (discord.HTTPException, discord.RateLimited) as exc:
             log.warning("job %s: could not delete its progress message: %s", job.id, exc)
 
 

@@ -110,7 +110,7 @@ async def post_progress(bot: DreamBot, queued: Queued) -> discord.Message | None
         message = await notifier.send_to_member(
             bot, job, content=progress_text(job, status), allowed_mentions=NO_MENTIONS
         )
-    except discord.HTTPException:
+    except (discord.HTTPException, discord.RateLimited):
         log.warning("could not post the progress of job %s", job.id, exc_info=True)
         return None
     await bot.service.backend.repos.jobs.set_message(job.id, message.channel.id, message.id)

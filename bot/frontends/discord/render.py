@@ -110,7 +110,7 @@ async def send_error(interaction: discord.Interaction, error: BaseException) -> 
         text = render_error(original, context=f"/{name} by {interaction.user.id}")
     try:
         await reply(interaction, text, ephemeral=True)
-    except discord.HTTPException:
+    except (discord.HTTPException, discord.RateLimited):
         log.warning("could not tell user %s about an error", interaction.user.id, exc_info=True)
 
 
@@ -168,5 +168,5 @@ async def quietly(edit: Awaitable[object]) -> None:
     or an interaction token that expired, is nothing to report."""
     try:
         await edit
-    except discord.HTTPException as exc:
+    except (discord.HTTPException, discord.RateLimited) as exc:
         log.info("could not tidy a message: %s", exc)

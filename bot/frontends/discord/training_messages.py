@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -37,6 +39,8 @@ __all__ = [
     "show_finished",
     "show_progress",
 ]
+
+log = logging.getLogger(__name__)
 
 SAMPLES_FILE = "samples.png"
 DONE = discord.Colour.green()
@@ -206,30 +210,7 @@ async def show_finished(bot: DreamBot, done: Finished) -> None:
     mention = f"<@{job.owner_id}>"
     if job.status is JobStatus.SUCCEEDED:
         name = done.model.name if done.model is not None else _name(job)
-        if message is not None:
-            await message.edit(
-                content=mention,
-                embed=_done_embed(job, name),
-                view=None,
-                allowed_mentions=NO_MENTIONS,
-            )
-        files = []
-        if done.images:
-            grid = await asyncio.to_thread(image_grid, done.images)
-            files.append(discord.File(io.BytesIO(grid), filename=SAMPLES_FILE))
-        words = f"{job.params.get('identifier', '')} {job.params.get('class_name', '')}"
-        posted = await notifier.send_to_member(
-            bot,
-            job,
-            content=(
-                f"{mention} your model **{name}** is ready! Here are a few samples. Try "
-                f"`/imagine` with a prompt like “a photo of {words} on the beach”."
-            ),
-            files=files,
-            allowed_mentions=_owner_mention(job),
-        )
-        # The samples show the subject: the job now names this message, so /forget removes it.
-        await bot.service.backend.repos.jobs.set_message(job.id, posted.channel.id, posted.id)
+        await _show_done(bot, job, message, name, done.images)
         return
     cancelled = job.status is JobStatus.CANCELLED
     reason = done.error or (
@@ -252,3 +233,47 @@ async def show_finished(bot: DreamBot, done: Finished) -> None:
         content=f"{mention} your training of **{_name(job)}** {what}: {reason}{refund}",
         allowed_mentions=_owner_mention(job),
     )
+
+
+async def _show_done(
+    bot: DreamBot, job: Job, message: discord.Message | None, name: str, samples: Sequence[bytes]
+) -> None:
+    """The progress message becomes the done card with the sample grid (the job keeps naming
+    it, so /forget removes the pictures), and a short new message mentions the member (an
+    edit notifies nobody). With the progress message gone, the new message carries both."""
+    files = []
+    if samples:
+        grid = await asyncio.to_thread(image_grid, list(samples))
+        files.append(discord.File(io.BytesIO(grid), filename=SAMPLES_FILE))
+    card = _done_embed(job, name)
+    if files:
+        card.set_image(url=f"attachment://{SAMPLES_FILE}")
+    words = f"{job.params.get('identifier', '')} {job.params.get('class_name', '')}"
+    text = (
+        f"<@{job.owner_id}> your model **{name}** is ready! Here are a few samples. Try "
+        f"`/imagine` with a prompt like “a photo of {words} on the beach”."
+    )
+    if message is not None:
+        await message.edit(
+            content=f"<@{job.owner_id}>",
+            embed=card,
+            attachments=files,
+            view=None,
+            allowed_mentions=NO_MENTIONS,
+        )
+        await notifier.send_to_member(
+            bot, job, content=text, reference=message, allowed_mentions=_owner_mention(job)
+        )
+        return
+    posted = await notifier.send_to_member(
+        bot,
+        job,
+        content=text,
+        embed=card,
+        files=files,
+        allowed_mentions=_owner_mention(job),
+    )
+    try:  # the pictures are out: failing to note where must not post them again
+        await bot.service.backend.repos.jobs.set_message(job.id, posted.channel.id, posted.id)
+    except Exception:
+        log.exception("job %s: could not record its samples message", job.id)

@@ -96,7 +96,7 @@ async def fetch_photos(
             continue
         try:
             data = await attachment.read()
-        except discord.HTTPException as exc:
+        except (discord.HTTPException, discord.RateLimited) as exc:
             log.info("attachment %s could not be downloaded: %s", attachment.id, exc)
             photos.append(replace(declared, read_error="the download from Discord failed"))
             continue
@@ -206,7 +206,7 @@ class ConsentView(_View):
         try:
             message = await post_progress(bot, queued.job, queued.status)
             where = f" Follow it here: {message.jump_url}"
-        except discord.HTTPException:
+        except (discord.HTTPException, discord.RateLimited):
             log.warning("could not post the progress of job %s", queued.job.id, exc_info=True)
             where = " I couldn't post its progress in the channel; `/queue` shows where it is."
         await interaction.edit_original_response(
@@ -277,7 +277,7 @@ class ConsentView(_View):
                 embed=None,
                 view=None,
             )
-        except discord.HTTPException:
+        except (discord.HTTPException, discord.RateLimited):
             log.debug("could not mark an expired /train as timed out", exc_info=True)
 
 
@@ -368,5 +368,5 @@ class UploadView(_View):
         try:
             await self.thread.send("This upload timed out: nothing was stored. Run `/train` again.")
             await self.close()
-        except discord.HTTPException:
+        except (discord.HTTPException, discord.RateLimited):
             log.info("could not close the expired upload thread %s", self.thread.id, exc_info=True)

@@ -187,12 +187,28 @@ async def test_show_finished_success_posts_a_grid_and_mentions_the_member(
     )
     edited = next(m for m in world.channel.history() if m.id == progress.id)
     assert edited.embeds[0].title == "Training sks-dog: done" and edited.components == []
-    posted = world.channel.last_message
-    assert posted.content.startswith(f"<@{world.alice.id}> your model **sks-dog** is ready!")
-    assert world.alice.id in [user.id for user in posted.mentions]
-    [grid] = posted.attachments
+    [grid] = edited.attachments  # the samples sit on the job's own message, which /forget finds
     assert grid.filename == training_messages.SAMPLES_FILE
     assert Image.open(io.BytesIO(await grid.read())).size == (2 * 96 + 4, 2 * 96 + 4)
+    posted = world.channel.last_message  # an edit notifies nobody: a new message mentions
+    assert posted.content.startswith(f"<@{world.alice.id}> your model **sks-dog** is ready!")
+    assert world.alice.id in [user.id for user in posted.mentions]
+    assert posted.reference is not None and posted.reference.message_id == progress.id
+    assert (await backend.repos.jobs.get(job_id)).message_id == progress.id  # type: ignore[union-attr]
+
+
+async def test_show_finished_without_its_message_posts_the_samples_and_tracks_them(
+    world: World, backend: Backend
+) -> None:
+    job_id, progress = await queued(world, backend)
+    await progress.delete()
+    job = await _finished_row(backend, job_id, RowStatus.SUCCEEDED)
+    await training_messages.show_finished(world.env.bot, Finished(job, None, (png(21),), (0,)))
+    posted = world.channel.last_message
+    assert posted.content.startswith(f"<@{world.alice.id}> your model")
+    [grid] = posted.attachments
+    assert grid.filename == training_messages.SAMPLES_FILE
+    assert (await backend.repos.jobs.get(job_id)).message_id == posted.id  # type: ignore[union-attr]
 
 
 async def test_show_finished_failure_says_why_and_that_the_quota_came_back(
