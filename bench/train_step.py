@@ -18,17 +18,19 @@ Prints steps/s and peak RSS (of the whole process so far) for each, and last
 
 ``--real`` uses the real-size sd-v1 UNet (random init) at 128 px, batch 1 instance + 1 class:
 the seed-style step (with a real-size VAE encoder) and ours, LoRA and full fine-tuning, each
-with and without XLA (full with XLA only with ``--full-xla``: it needs far more memory), and
-ends with ``real_speedup: <float>x``: our default step against the seed-style step, LoRA.
+with and without XLA (full with XLA only with ``--full-xla``: it needs far more memory; full
+fine-tuning's phases each run in a child process, so one's ~14 GB are given back before the
+next), and ends with ``real_speedup: <float>x``: our default step against the seed-style step,
+LoRA.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import os
 import resource
+import subprocess
 import sys
 import time
 from typing import Any
@@ -282,54 +284,93 @@ def _real_our_runs(method: str, xla: bool) -> dict[str, tuple[keras.Model, Any]]
     return runs
 
 
+def _real_phase(method: str, phase: str, xla: bool) -> dict[str, tuple[keras.Model, Any]]:
+    """The runs of one phase (``seed`` or ``ours``) of ``method`` on a fresh real-size UNet."""
+    from keras_cv.src.models.stable_diffusion.image_encoder import ImageEncoder
+
+    if phase == "ours":
+        return _real_our_runs(method, xla)
+    rng = np.random.default_rng(0)
+    res = REAL_RESOLUTION
+    images = rng.uniform(-1, 1, (2, res, res, 3)).astype(np.float32)
+    contexts = rng.normal(size=(2, 77, 768)).astype(np.float32)
+    facts = _SeedFacts(ImageEncoder(download_weights=False))
+    return _real_seed_runs(method, facts, images, contexts, xla)
+
+
+def _phase_in_child(
+    method: str, phase: str, steps: int, xla: bool
+) -> dict[str, tuple[float, float]]:
+    """Time one phase in a child process, so its ~14 GB are given back before the next."""
+    cmd = [sys.executable, "-m", "bench.train_step", "--real", "--methods", method]
+    cmd += ["--phase", phase, "--steps", str(steps), *([] if xla else ["--no-xla"])]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    timed: dict[str, tuple[float, float]] = {}
+    for line in out.stdout.splitlines():
+        if line.startswith(_PHASE_MARK):
+            name, sps, cpu = line[len(_PHASE_MARK) :].rsplit("\t", 2)
+            timed[name] = (float(sps), float(cpu))
+    if not timed:
+        print(out.stdout[-2000:], out.stderr[-2000:], sep="\n")
+        raise SystemExit(f"the {phase} phase of {method} failed (exit {out.returncode})")
+    return timed
+
+
+_PHASE_MARK = "phase-result\t"
+
+
+def run_phase(method: str, phase: str, steps: int, xla: bool) -> None:
+    """Child side of :func:`_phase_in_child`: time one phase, print its results for the parent."""
+    timed = time_rounds(_real_phase(method, phase, xla), steps, 1)
+    for name, (sps, cpu) in timed.items():
+        print(f"{_PHASE_MARK}{name}\t{sps}\t{cpu}", flush=True)
+
+
 def bench_real(steps: int, rounds: int, methods: list[str], xla: bool, full_xla: bool) -> None:
     """Real-size sd-v1 UNet (random init), 128 px, batch 1 instance + 1 class, on this CPU.
 
     LoRA: the seed-style step and ours each on their own UNet, timed in interleaved rounds.
-    Full fine-tuning holds weights, gradients and AdamW state (~14 GB) per variant, so its
-    variants are timed one after another, each freed before the next.
+    Full fine-tuning holds weights, gradients and AdamW state (~14 GB) per variant, so each of
+    its phases runs in a child process of its own, one after another.
     """
-    from keras_cv.src.models.stable_diffusion.image_encoder import ImageEncoder
-
-    res = REAL_RESOLUTION
     defaults = TrainConfig(method="lora")
     print(
-        f"real-size sd-v1 UNet ({UNET_PARAMS / 1e6:.0f} M parameters, random init), {res} px, "
-        f"batch 1 instance + 1 class, this CPU; our default: precision {defaults.precision}, "
-        f"XLA {'on' if defaults.jit_compile else 'off'}, {defaults.attention} attention, "
-        f"remat {'on' if defaults.remat else 'off'}"
+        f"real-size sd-v1 UNet ({UNET_PARAMS / 1e6:.0f} M parameters, random init), "
+        f"{REAL_RESOLUTION} px, batch 1 instance + 1 class, this CPU; our default: precision "
+        f"{defaults.precision}, XLA {'on' if defaults.jit_compile else 'off'}, "
+        f"{defaults.attention} attention, remat {'on' if defaults.remat else 'off'}, "
+        f"{defaults.conv} convolutions on small maps",
+        flush=True,
     )
-    rng = np.random.default_rng(0)
-    images = rng.uniform(-1, 1, (2, res, res, 3)).astype(np.float32)
-    contexts = rng.normal(size=(2, 77, 768)).astype(np.float32)
-    facts = _SeedFacts(ImageEncoder(download_weights=False))
     ratios: dict[str, float] = {}
     for method in methods:
-        with_xla = xla if method == "lora" else full_xla
-        phases = [
-            functools.partial(_real_seed_runs, method, facts, images, contexts, with_xla),
-            functools.partial(_real_our_runs, method, with_xla),
-        ]
         timed: dict[str, tuple[float, float]] = {}
         if method == "lora":  # both fit at once: interleave
-            runs = {k: v for phase in phases for k, v in phase().items()}
+            runs = {
+                k: v
+                for phase in ("seed", "ours")
+                for k, v in _real_phase(method, phase, xla).items()
+            }
             timed = time_rounds(runs, steps, rounds)
             del runs
+            _free()
         else:
-            for phase in phases:
-                runs = phase()
-                timed.update(time_rounds(runs, steps, 1))
-                del runs
-                _free()
-        _free()
+            for phase in ("seed", "ours"):
+                timed.update(_phase_in_child(method, phase, steps, full_xla))
         seed_sps = timed[f"seed-style step ({method})"][0]
         for name, (sps, cpu) in timed.items():
             print(
                 f"{name:32s} {1 / sps:6.2f} s/step  {cpu:6.2f} CPU s/step  "
-                f"({sps / seed_sps:.2f}x the seed-style step)  "
-                f"peak RSS {peak_rss_mb() / 1024:.1f} GB"
+                f"({sps / seed_sps:.2f}x the seed-style step)",
+                flush=True,
             )
+        print(f"peak RSS of this process: {peak_rss_mb() / 1024:.1f} GB", flush=True)
         ratios[method] = timed[f"our step, default ({method})"][0] / seed_sps
+    if len(ratios) > 1:
+        print(
+            "default step against the seed-style step: "
+            + ", ".join(f"{method} {ratio:.2f}x" for method, ratio in ratios.items())
+        )
     method = "lora" if "lora" in ratios else methods[0]
     print(f"real_speedup below = our default step ({method}) against the seed-style step")
     print(f"real_speedup: {ratios[method]:.2f}x")
@@ -351,8 +392,11 @@ def main() -> int:
     parser.add_argument(
         "--full-xla", action="store_true", help="--real: XLA variants of full fine-tuning too"
     )
+    parser.add_argument("--phase", choices=("seed", "ours"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.real:
+    if args.real and args.phase:  # one phase, in a child process of bench_real
+        run_phase(args.methods, args.phase, args.steps or 6, args.xla)
+    elif args.real:
         methods = [m for m in args.methods.split(",") if m in ("lora", "full")] or ["lora"]
         bench_real(args.steps or 6, min(args.rounds, 3), methods, args.xla, args.full_xla)
     else:

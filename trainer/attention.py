@@ -30,6 +30,7 @@ from keras_cv.src.models.stable_diffusion.diffusion_model import (
 __all__ = [
     "DEFAULT_QUERY_TILE",
     "TiledCrossAttention",
+    "swap_layer_classes",
     "tiled_attention",
     "use_remat",
     "use_tiled_attention",
@@ -135,7 +136,7 @@ class _RematSpatialTransformer(SpatialTransformer):  # type: ignore[misc]
 _REMAT = {ResBlock: _RematResBlock, SpatialTransformer: _RematSpatialTransformer}
 
 
-def _swap(model: keras.Model, swaps: dict[type, type], on: bool) -> int:
+def swap_layer_classes(model: keras.Model, swaps: dict[type, type], on: bool) -> int:
     """Give matching layers their swapped class (or back); returns how many changed."""
     wanted = swaps if on else {new: old for old, new in swaps.items()}
     changed = 0
@@ -151,7 +152,7 @@ def use_tiled_attention(
     model: keras.Model, on: bool = True, *, query_tile: int = DEFAULT_QUERY_TILE
 ) -> int:
     """Switch every KerasCV attention layer of ``model`` to tiled attention (or back)."""
-    changed = _swap(model, {CrossAttention: TiledCrossAttention}, on)
+    changed = swap_layer_classes(model, {CrossAttention: TiledCrossAttention}, on)
     if on:
         for layer in model._flatten_layers(include_self=False, recursive=True):
             if isinstance(layer, TiledCrossAttention):
@@ -161,4 +162,4 @@ def use_tiled_attention(
 
 def use_remat(model: keras.Model, on: bool = True) -> int:
     """Recompute each residual and transformer block's activations in the backward pass."""
-    return _swap(model, _REMAT, on)
+    return swap_layer_classes(model, _REMAT, on)

@@ -91,7 +91,7 @@ def register_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help=f"LoRA rank (default: {DEFAULT_LORA_RANK})",
     )
     p.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
-    # Left unset, precision, XLA, attention and remat are chosen for the device (TrainConfig).
+    # Left unset, precision, XLA, attention, remat and conv are chosen for the device (TrainConfig).
     p.add_argument(
         "--precision",
         choices=("float32", "mixed_float16", "mixed_bfloat16"),
@@ -112,6 +112,12 @@ def register_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         action=argparse.BooleanOptionalAction,
         help="recompute activations in the backward pass: less memory, ~30%% slower steps "
         "(default: on for full fine-tuning on a GPU)",
+    )
+    p.add_argument(
+        "--conv",
+        choices=("matmul", "kerascv"),
+        help="matmul: convolutions on small feature maps as one matrix product, same result, "
+        "faster on a CPU (default there); kerascv: KerasCV's own (default on a GPU)",
     )
     p.add_argument(
         "--checkpoint-every",
@@ -173,6 +179,7 @@ def _cmd_train(args: argparse.Namespace, settings: TrainerSide) -> int:
         jit_compile=args.xla,
         attention=args.attention,
         remat=args.remat,
+        conv=args.conv,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
     )

@@ -30,6 +30,7 @@ from trainer.precision import (
     set_compute_policy,
 )
 from trainer.presets import Preset, build_diffusion_model, build_text_encoder, timestep_embedding
+from trainer.smallconv import use_small_conv_matmul
 
 __all__ = [
     "DEFAULT_LR",
@@ -46,6 +47,7 @@ __all__ = [
 
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 Attention = Literal["tiled", "kerascv"]
+Conv = Literal["matmul", "kerascv"]
 
 # The reference DreamBooth's full fine-tuning rate; LoRA trains far fewer weights and needs more.
 DEFAULT_LR: dict[str, float] = {"full": 2e-6, "lora": 1e-4}
@@ -78,12 +80,13 @@ class TrainConfig:
     weight_decay: float = 1e-2
     epsilon: float = 1e-8
     max_grad_norm: float = 1.0
-    # Left as None, these four are chosen for the device this process trains on
+    # Left as None, these five are chosen for the device this process trains on
     # (:func:`device_defaults`, from figures at real size: bench/memory.py, bench/train_step.py).
     precision: Precision | None = None
     jit_compile: bool | None = None
     attention: Attention | None = None
     remat: bool | None = None
+    conv: Conv | None = None
     seed: int = 0
     checkpoint_every: int = 100
     # Full fine-tuning writes its AdamW state (2x the weights) only this often; LoRA writes it
@@ -99,6 +102,11 @@ class TrainConfig:
             raise InvalidTrainConfig(
                 f"Unknown attention {self.attention!r}: choose 'tiled' (memory-efficient) or "
                 "'kerascv'."
+            )
+        if self.conv not in ("matmul", "kerascv"):
+            raise InvalidTrainConfig(
+                f"Unknown convolution {self.conv!r}: choose 'matmul' (small feature maps as one "
+                "matrix product) or 'kerascv'."
             )
         if self.method not in ("lora", "full"):
             raise InvalidTrainConfig(
@@ -299,7 +307,8 @@ def make_trainer(
 
     ``in_place`` trains the preset's own UNet instead of a copy: no second 3.4 GB UNet at real
     size. Use it when nothing else needs the untouched base (the CLI, a training-only worker).
-    The config's precision, attention and rematerialisation are applied to the trained UNet.
+    The config's precision, attention, rematerialisation and convolution are applied to the
+    trained UNet.
     LoRA under mixed precision trains on a half-precision copy of the base
     (:func:`half_precision_base`), which in place replaces the preset's float32 UNet.
     """
@@ -317,6 +326,7 @@ def make_trainer(
         unet = copy_diffusion_model(preset, config.dtype_policy)
     use_tiled_attention(unet, config.attention == "tiled")
     use_remat(unet, bool(config.remat))
+    use_small_conv_matmul(unet, config.conv == "matmul")
     if config.method == "lora" and not lora_variables(unet):
         enable_lora(unet, config.lora_rank, alpha=config.lora_alpha, seed=config.seed)
     text_encoder = None

@@ -1,6 +1,6 @@
 """Where and how a UNet trains: device defaults, compute precision, a half-precision base.
 
-:func:`device_defaults` fills the precision, XLA, attention and remat options that a
+:func:`device_defaults` fills the precision, XLA, attention, remat and conv options that a
 :class:`~trainer.dreambooth.TrainConfig` leaves unset.
 """
 
@@ -34,28 +34,39 @@ def gpu_compute_capability() -> tuple[int, int] | None:
 
 
 def device_defaults(method: str) -> dict[str, Any]:
-    """Precision, XLA, attention and rematerialisation for this device and method.
+    """Precision, XLA, attention, rematerialisation and convolution for this device and method.
 
     CPU (measured at real size, sd-v1 UNet, bench/train_step.py --real and bench/memory.py):
     float32 (half precision is emulated there), no XLA (it compiled for ~100 s and then ran a
     LoRA step at 0.5x the speed of the plain graph), tiled attention (never slower, far less
-    memory), no rematerialisation (it only costs time where memory is plentiful).
+    memory), no rematerialisation (it only costs time where memory is plentiful), and small-map
+    convolutions as matrix products (:mod:`trainer.smallconv`: the LoRA step at 128 px took 2.1 s
+    instead of 3.7 s, same result to float rounding).
 
     GPU (reasoned, not measured here): mixed precision, bfloat16 on Ampere and newer (compute
     capability 8+, no loss scaling needed) and float16 with loss scaling before; tiled attention;
     no XLA, because XLA's common-subexpression pass may merge a rematerialised block back into
     the forward pass and undo the saving; rematerialisation on for full fine-tuning, where
-    weights, gradients and AdamW state already take ~14 GB of a 24 GB card.
+    weights, gradients and AdamW state already take ~14 GB of a 24 GB card; KerasCV's
+    convolutions, because cuDNN's small-map kernels do not have oneDNN's weakness and the
+    rewrite's shifted copies would only add memory traffic there.
     """
     capability = gpu_compute_capability()
     if capability is None:
-        return {"precision": "float32", "jit_compile": False, "attention": "tiled", "remat": False}
+        return {
+            "precision": "float32",
+            "jit_compile": False,
+            "attention": "tiled",
+            "remat": False,
+            "conv": "matmul",
+        }
     precision = "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
     return {
         "precision": precision,
         "jit_compile": False,
         "attention": "tiled",
         "remat": method == "full",
+        "conv": "kerascv",
     }
 
 

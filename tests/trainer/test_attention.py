@@ -107,15 +107,17 @@ def test_remat_swaps_every_block_and_back(tiny_preset: Any) -> None:
 
 
 def test_device_defaults_on_this_cpu() -> None:
-    """No GPU here: float32, no XLA, tiled attention, no remat; explicit values win."""
+    """No GPU here: float32, no XLA, tiled attention, no remat, matmul convolutions on small
+    maps; explicit values win."""
     from trainer.dreambooth import TrainConfig
 
     config = TrainConfig()
-    assert (config.precision, config.jit_compile, config.attention, config.remat) == (
+    assert (config.precision, config.jit_compile, config.attention, config.remat, config.conv) == (
         "float32",
         False,
         "tiled",
         False,
+        "matmul",
     )
     chosen = dataclasses.replace(config, precision="mixed_bfloat16", remat=True)
     assert chosen.precision == "mixed_bfloat16" and chosen.remat
