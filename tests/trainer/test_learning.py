@@ -5,11 +5,14 @@ are drawn from the base itself with "a photo of dog", as the product draws them
 (:func:`trainer.class_images.ensure_class_images`, 16 of the CLI's 200 to keep this test short).
 Images are sampled with the CLI's defaults (30 DDIM steps, guidance 7.5).
 
-LoRA runs use the CLI's rank 4, batch 1 and prior weight 1, at 3e-4 for 2,000 steps. That is the
+LoRA runs use the CLI's rank 4, batch 1 and prior weight 1, at 3e-4 for 3,000 steps. That is the
 closest the toy allows to the CLI's 1e-4: at 1e-4 this toy needs about three times the steps
 for the same result (measured: after 4,000 steps "sks dog" was 0.020 from the subject and 0.032
-from the class images, short of the margin below, which 3e-4 passes at 2,000), and a test that
-trains 3 x 4,000 steps would cost CI 12 minutes. The CLI's own rate is covered end to end in
+from the class images in whole-image colour, short of the margin below), and a test that trains
+2 x 9,000 steps would cost CI a quarter of an hour. At 3e-4 "sks dog" showed, of the photos'
+magenta, 0.69 / 0.91 / 0.97 / 1.19 / 1.22 / 1.13 / 1.26 after 1,000 / 1,500 / ... / 4,000
+steps (one run; another base fit and run gave 0.55 at 2,000), so 3,000 sits well inside the
+margin's band (0.67 to 2 of the photos). The CLI's own rate is covered end to end in
 ``test_tiny_demo.py``, with the steps the README gives. Full fine-tuning runs at 5e-4 for 800
 steps instead of the CLI's 2e-6: that is the reference DreamBooth's rate for Stable Diffusion's
 860M parameter UNet, and it moves this 2M parameter toy by at most 2e-6 x steps per weight,
@@ -18,12 +21,14 @@ learns the subject's colour more slowly and less steadily than LoRA on this toy 
 here, share of the photos' magenta at 250/500/750/1000 steps at 1e-3: 0.32, 0.05, 0.15, 0.30;
 at 5e-4, 800 steps: 0.2), so its test asks for a smaller share.
 
-What is measured: how much magenta an image shows (:func:`magenta`: per pixel, how far the
-smaller of red and blue stands above green, averaged). Magenta is the subject's colour and in
-nothing the base draws: its class images, its skies and fields, and every colour word of its
-world (red, blue, ...) score about 0, the subject photos 0.067. Whole-image colour distance does
-not work here: training makes the toy's fields and skies more saturated (guidance 7.5 amplifies
-what the prior loss teaches), which moves every image away from every reference.
+The margin the issue asks for: "sks dog" is less than half as far from the subject's photos (and
+from their VAE reconstructions, what a model can draw at best) as from the class images, in
+magenta shown. What is measured: how much magenta an image shows (:func:`magenta`: per pixel,
+how far the smaller of red and blue stands above green, averaged). Magenta is the subject's
+colour and in nothing the base draws: its class images, its skies and fields, and every colour
+word of its world (red, blue, ...) score about 0, the subject photos 0.062. Whole-image colour
+distance does not work here: training makes the toy's fields and skies more saturated (guidance
+7.5 amplifies what the prior loss teaches), which moves every image away from every reference.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from tests.trainer.conftest import CLASS_PROMPT, INSTANCE_PROMPT, magenta, subje
 pytestmark = pytest.mark.slow
 
 # The closest the toy allows to the CLI's rates (see above).
-LORA_STEPS = 2000
+LORA_STEPS = 3000
 LORA_LR = 3e-4
 FULL_STEPS = 800
 FULL_LR = 5e-4
@@ -171,10 +176,20 @@ def _assert_learned(n: dict[str, float], share: float) -> None:
     assert n["sks"] > share * max(n["photos"], n["vae_reconstructions"]), n
     # The class prompt still draws the class, not the subject.
     assert n["dog"] < 0.1 * n["sks"], n
+    assert abs(n["dog"] - n["classes"]) < abs(n["dog"] - n["photos"]), n
+
+
+def _margin(n: dict[str, float], reference: str) -> float:
+    """How far "sks dog" is from ``reference`` against how far from the class images."""
+    return abs(n["sks"] - n[reference]) / abs(n["sks"] - n["classes"])
 
 
 def test_lora_learns_the_subject(world: World, lora: Drawn) -> None:
-    _assert_learned(_numbers(world, lora), share=0.3)  # measured: 0.55
+    n = _numbers(world, lora)
+    _assert_learned(n, share=0.5)
+    # The issue's margin: closer to the photos, and to their reconstructions, by less than half.
+    assert _margin(n, "photos") < 0.5, n
+    assert _margin(n, "vae_reconstructions") < 0.5, n
 
 
 def test_full_fine_tuning_learns_the_subject(world: World, full: Drawn) -> None:
