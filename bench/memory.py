@@ -120,6 +120,7 @@ def measure_step(unet: keras.Model, variant: Variant, resolution: int) -> dict[s
         attention=variant.attention,  # type: ignore[arg-type]
         remat=variant.remat,
         jit_compile=False,
+        conv="kerascv",  # the GPU default, which these projections are for
     )
     data = stand_in_data(resolution)
     trainer = real_trainer(unet, data, config)
@@ -142,7 +143,8 @@ def measure_step(unet: keras.Model, variant: Variant, resolution: int) -> dict[s
     # and autodiff keeps those copies for the backward pass: 2 bytes per float32 UNet weight.
     # A rematerialised block casts them again in the backward pass and holds one block's at a
     # time (measured: full, mixed, remat at 128 px took 3.76 GB above static, less than
-    # gradients plus copies).
+    # gradients plus copies), so remat variants leave them out; the ~55 M weights outside the
+    # blocks (in and out, down- and upsampling, time embedding; ~0.1 GB) fall into a*s.
     copies = (
         0
         if policy is None or variant.remat

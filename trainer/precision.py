@@ -37,11 +37,14 @@ def device_defaults(method: str) -> dict[str, Any]:
     """Precision, XLA, attention, rematerialisation and convolution for this device and method.
 
     CPU (measured at real size, sd-v1 UNet, bench/train_step.py --real and bench/memory.py):
-    float32 (half precision is emulated there), no XLA (it compiled for ~100 s and then ran a
-    LoRA step at 0.5x the speed of the plain graph), tiled attention (never slower, far less
-    memory), no rematerialisation (it only costs time where memory is plentiful), and small-map
-    convolutions as matrix products (:mod:`trainer.smallconv`: the LoRA step at 128 px took 2.1 s
-    instead of 3.7 s, same result to float rounding).
+    float32 (half precision is emulated there), no XLA (with KerasCV's convolutions it compiled
+    for ~100 s and then ran a LoRA step at 0.5x the plain graph's speed; with small-map
+    convolutions as matrix products it is 1.16x faster per step at 128 px, but still compiles
+    for minutes first, and at 512 px most of the work is convolutions on large maps, which XLA
+    runs with its own slow CPU kernels: reasoned, not measured at 512 px), tiled attention
+    (never slower, far less memory), no rematerialisation (it only costs time where memory is
+    plentiful), and small-map convolutions as matrix products (:mod:`trainer.smallconv`: the
+    LoRA step at 128 px took 2.1 s instead of 3.7 s, same result to float rounding).
 
     GPU (reasoned, not measured here): mixed precision, bfloat16 on Ampere and newer (compute
     capability 8+, no loss scaling needed) and float16 with loss scaling before; tiled attention;

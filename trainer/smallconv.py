@@ -9,10 +9,11 @@ here, 2 cores, batch 2, forward + input gradient: 3 x 3, 2560 -> 1280 channels o
 
 So :func:`use_small_conv_matmul` rewrites only stride-1 convolutions whose output has at most
 :data:`SMALL_MAP_POSITIONS` positions per image, as im2col: the k x k shifted views of the
-padded input side by side, times the kernel reshaped to ``[k * k * in, out]``. The same function
-to float rounding, on the same weights (variable paths and saved files are unchanged); larger
-maps and the strided downsampling convolutions keep KerasCV's. Like :mod:`trainer.attention`, it
-switches an already built model's layers in place by class, and can switch them back.
+padded input side by side, times the kernel reshaped to ``[k * k * in, out]``. It computes the
+same function, equal to float rounding, from the same weights (variable paths and saved files
+are unchanged). Larger maps and the strided downsampling convolutions keep KerasCV's. Like
+:mod:`trainer.attention`, it switches an already built model's layers in place by class, and
+can switch them back.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ class MatmulPaddedConv2D(PaddedConv2D):  # type: ignore[misc]
         x = self.padding2d(inputs)
         kh, kw = conv.kernel_size
         height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-        if height is None or width is None or tuple(conv.strides) != (1, 1):
+        if None in (height, width, channels) or conv.data_format != "channels_last":
+            return conv(x)
+        if tuple(conv.strides) != (1, 1):
             return conv(x)
         oh, ow = height - kh + 1, width - kw + 1
         if oh * ow > SMALL_MAP_POSITIONS or conv.dilation_rate != (1, 1) or conv.groups != 1:

@@ -77,6 +77,21 @@ def test_small_conv_matmul_under_mixed_precision() -> None:
     np.testing.assert_allclose(np.asarray(tf.cast(half, tf.float32)), exact, atol=0.05)
 
 
+def test_make_trainer_applies_the_conv_option(tiny_preset: Any, tiny_data: Any) -> None:
+    """``conv="matmul"`` rewrites the trained UNet's convolutions; ``"kerascv"`` leaves none."""
+    from trainer.dreambooth import TrainConfig, make_trainer
+    from trainer.smallconv import MatmulPaddedConv2D
+
+    def rewritten(conv: str) -> int:
+        config = TrainConfig(method="lora", steps=1, jit_compile=False, conv=conv)  # type: ignore[arg-type]
+        unet = make_trainer(tiny_preset, tiny_data, config).diffusion_model
+        layers = unet._flatten_layers(include_self=False, recursive=True)
+        return sum(isinstance(layer, MatmulPaddedConv2D) for layer in layers)
+
+    assert rewritten("matmul") >= 10
+    assert rewritten("kerascv") == 0
+
+
 def test_small_conv_matmul_leaves_the_training_step_unchanged(
     tiny_preset: Any, tiny_data: Any
 ) -> None:
