@@ -162,7 +162,8 @@ def test_xla_step_matches_eager(lora_run: Any, tiny_preset: Any, tiny_data: Any)
 
 
 def test_device_defaults_follow_the_gpu_generation(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bfloat16 from Ampere on, float16 with loss scaling before; remat for full on a GPU."""
+    """bfloat16 from Ampere on, float16 with loss scaling before; remat for full on a GPU; KerasCV's
+    convolutions there."""
     from trainer import precision
 
     monkeypatch.setattr(precision, "gpu_compute_capability", lambda: (8, 6))
@@ -171,6 +172,7 @@ def test_device_defaults_follow_the_gpu_generation(monkeypatch: pytest.MonkeyPat
         "jit_compile": False,
         "attention": "tiled",
         "remat": False,
+        "conv": "kerascv",
     }
     monkeypatch.setattr(precision, "gpu_compute_capability", lambda: (7, 5))
     full = TrainConfig(method="full")
