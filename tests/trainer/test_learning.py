@@ -19,7 +19,12 @@ steps instead of the CLI's 2e-6: that is the reference DreamBooth's rate for Sta
 which at 800 steps left both prompts equally far from the subject (issue 9). Full fine-tuning
 learns the subject's colour more slowly and less steadily than LoRA on this toy (measured
 here, share of the photos' magenta at 250/500/750/1000 steps at 1e-3: 0.32, 0.05, 0.15, 0.30;
-at 5e-4, 800 steps: 0.2), so its test asks for a smaller share.
+at 5e-4, 800 steps: 0.2), so its test asks for a smaller share. Why, measured: full fine-tuning
+also teaches the unconditional prediction (the empty prompt) the subject, which guidance then
+subtracts. At 5e-4, share of the photos' magenta at 500 ... 2,000 steps: "sks dog" at guidance
+3: 0.35 / 0.62 / 0.90 / 0.54 / 0.62 / 0.98 / 0.82, at the default 7.5: 0.08 / 0.28 / 0.48 /
+0.17 / 0.29 / 0.58 / 0.53, while the empty prompt drew 0.40 / 0.81 / 1.62 / 0.78 / 0.78 / 1.18
+/ 0.90 (0 before training). LoRA, in the attention layers only, does not drift it that way.
 
 The margin the issue asks for: "sks dog" is less than half as far from the subject's photos (and
 from their VAE reconstructions, what a model can draw at best) as from the class images, in
@@ -50,6 +55,11 @@ pytestmark = pytest.mark.slow
 # The closest the toy allows to the CLI's rates (see above).
 LORA_STEPS = 3000
 LORA_LR = 3e-4
+# The control without prior loss drags "a photo of dog" onto the subject fast (magenta shown,
+# measured: 0.034 after 500 steps, 0.042 after 1,000, where the photos show 0.062 and the run
+# with prior loss 0.000 at every step up to 4,000), so it runs a third of LoRA's steps: still a
+# fair control, since the run it is compared with had three times as long to drift.
+CONTROL_STEPS = 1000
 FULL_STEPS = 800
 FULL_LR = 5e-4
 CLASS_IMAGES = 16
@@ -143,7 +153,7 @@ def lora(world: World) -> Drawn:
 @pytest.fixture(scope="module")
 def lora_without_prior(world: World) -> Drawn:
     return _train(
-        world, method="lora", steps=LORA_STEPS, learning_rate=LORA_LR, prior_loss_weight=0.0
+        world, method="lora", steps=CONTROL_STEPS, learning_rate=LORA_LR, prior_loss_weight=0.0
     )
 
 
@@ -199,7 +209,7 @@ def test_full_fine_tuning_learns_the_subject(world: World, full: Drawn) -> None:
 def test_prior_preservation_keeps_the_class_prompt_off_the_subject(
     world: World, lora: Drawn, lora_without_prior: Drawn
 ) -> None:
-    """Without the prior loss the same run drags "a photo of dog" onto the subject."""
+    """Without the prior loss, a third of the same run drags "a photo of dog" onto the subject."""
     with_prior, without = magenta(lora.dog), magenta(lora_without_prior.dog)
     print("class prompt, magenta:", {"prior": with_prior, "no_prior": without})
     assert without > 0.1 * magenta(world.photos)  # the control drifted toward the subject
