@@ -156,11 +156,6 @@ def steady_fit(model: keras.Model, dataset: Any, steps: int) -> tuple[float, flo
     return steps / (w1 - w0), (c1 - c0) / steps
 
 
-def time_fit(model: keras.Model, dataset: Any, steps: int) -> float:
-    model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)  # trace and warm up
-    return steady_fit(model, dataset, steps)[0]
-
-
 def time_rounds(
     runs: dict[str, tuple[keras.Model, Any]], steps: int, rounds: int
 ) -> dict[str, tuple[float, float]]:
