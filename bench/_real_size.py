@@ -61,7 +61,8 @@ def stand_in_data(resolution: int, n: int = 4, seed: int = 0) -> EncodedData:
     def context() -> np.ndarray:
         return rng.normal(size=(77, 768)).astype(np.float32)
 
-    return EncodedData(posteriors(), posteriors(), context(), context())
+    inst, cls = posteriors(), posteriors()
+    return EncodedData(inst, cls, context(), context(), empty_context=context())
 
 
 @dataclasses.dataclass

@@ -55,7 +55,6 @@ import tensorflow as tf
 
 from bench._real_size import peak_rss_bytes, real_spec, real_trainer, real_unet, stand_in_data
 from trainer.attention import DEFAULT_QUERY_TILE, use_remat, use_tiled_attention
-from trainer.data import make_dataset
 from trainer.dreambooth import TrainConfig, half_precision_base, set_compute_policy
 
 GB = 1024**3
@@ -125,7 +124,7 @@ def measure_step(unet: keras.Model, variant: Variant, resolution: int) -> dict[s
     data = stand_in_data(resolution)
     trainer = real_trainer(unet, data, config)
     trained = sum(int(np.prod(v.shape)) for v in trainer.trained_variables)
-    dataset = make_dataset(data, 1)
+    dataset = trainer.dataset(data)
     trainer.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)  # trace and first step
     tf.config.experimental.reset_memory_stats("CPU:0")
     before = _memory()["current"]

@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.data import encode_training_data, make_dataset
+from trainer.data import encode_training_data
 from trainer.dreambooth import TrainConfig, copy_diffusion_model, make_trainer
 from trainer.lora import enable_lora, lora_variables
 from trainer.presets import Preset, build_preset
@@ -205,7 +205,8 @@ def bench_tiny(steps: int, batch: int, methods: list[str], seed_xla: bool, round
             config = TrainConfig(method=method, steps=steps, batch_size=batch, jit_compile=jit)
             label = "default" if jit == default_jit else ("XLA" if jit else "no XLA")
             name = f"our step, {label} ({method})"
-            runs[name] = (make_trainer(preset, data, config), make_dataset(data, batch))
+            trainer = make_trainer(preset, data, config)
+            runs[name] = (trainer, trainer.dataset(data))
             kinds[name] = ("ours" if jit == default_jit else "other", method)
     print(f"models built, peak RSS {peak_rss_mb():.0f} MB; timing {rounds} interleaved rounds")
     timed = time_rounds(runs, steps, rounds)

@@ -20,7 +20,6 @@ import tensorflow as tf
 
 from bench._real_size import real_trainer, real_unet, stand_in_data
 from bench.train_step import SeedStyleTrainer, peak_rss_mb, time_rounds
-from trainer.data import make_dataset
 from trainer.dreambooth import TrainConfig
 from trainer.presets import PRESETS, alphas_cumprod_schedule
 
@@ -67,10 +66,8 @@ def _real_our_runs(method: str, xla: bool) -> dict[str, tuple[keras.Model, Any]]
         config = TrainConfig(method=method, steps=1000, jit_compile=jit)  # type: ignore[arg-type]
         default = TrainConfig(method=method).jit_compile  # type: ignore[arg-type]
         label = "default" if jit == default else ("XLA" if jit else "no XLA")
-        runs[f"our step, {label} ({method})"] = (
-            real_trainer(unet, data, config),
-            make_dataset(data, 1),
-        )
+        trainer = real_trainer(unet, data, config)
+        runs[f"our step, {label} ({method})"] = (trainer, trainer.dataset(data))
     return runs
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "ClassImageSpec",
     "ClassImages",
     "ensure_class_images",
+    "ensure_prior_images",
     "normalise_prompt",
 ]
 
@@ -154,3 +155,32 @@ def ensure_class_images(
         if progress is not None:
             progress(written, len(missing))
     return ClassImages(cache_id=cache_id, keys=tuple(wanted), generated=written)
+
+
+def ensure_prior_images(
+    sampler: Sampler,
+    store: BlobStore,
+    preset: Any,
+    class_prompt: str,
+    count: int,
+    *,
+    empty_prompt: bool,
+    progress: ProgressFn | None = None,
+) -> tuple[ClassImages, ClassImages | None]:
+    """``count`` class images of ``class_prompt`` and, with ``empty_prompt``, as many of the
+    empty prompt (what full fine-tuning keeps the unconditional prediction on; one cache per
+    base, shared by every class). ``progress`` counts both sets as one."""
+    specs = [ClassImageSpec.for_preset(preset, class_prompt)]
+    if empty_prompt:
+        specs.append(ClassImageSpec.for_preset(preset, ""))
+    made: list[ClassImages] = []
+    done = 0
+    for spec in specs:
+
+        def report(written: int, missing: int, before: int = done) -> None:
+            if progress is not None:
+                progress(before + written, before + missing)
+
+        made.append(ensure_class_images(sampler, store, spec, count, progress=report))
+        done += made[-1].generated
+    return made[0], made[1] if empty_prompt else None

@@ -205,21 +205,24 @@ def _cmd_train(args: argparse.Namespace, settings: TrainerSide) -> int:
     instance = load_images(photos, preset.resolution)
     print(f"{len(instance)} photos, preset {name} at {preset.resolution}px", file=sys.stderr)
 
-    classes = None
+    classes = empties = None
     if args.class_images:
-        from trainer.class_images import ClassImageSpec, ensure_class_images
+        from trainer.class_images import ensure_prior_images
         from trainer.sampler import Sampler
 
         store = BlobStore(settings.storage.blob_store_url)
-        spec = ClassImageSpec.for_preset(preset, class_prompt(args.class_name))
-        made = ensure_class_images(
+        made, made_empty = ensure_prior_images(
             Sampler.from_components(preset),
             store,
-            spec,
+            preset,
+            class_prompt(args.class_name),
             args.class_images,
+            empty_prompt=bool(config.empty_prompt_rate),
             progress=ProgressLine("class images"),
         )
         classes = load_images(made.load(store), preset.resolution)
+        if made_empty is not None:
+            empties = load_images(made_empty.load(store), preset.resolution)
 
     line = ProgressLine("step")
 
@@ -234,6 +237,7 @@ def _cmd_train(args: argparse.Namespace, settings: TrainerSide) -> int:
             instance,
             classes,
             args.out,
+            empty_images=empties,
             checkpoints=checkpoints,
             progress=on_step,
             in_place=True,

@@ -82,6 +82,11 @@ class EncodedData:
     class_context: np.ndarray | None
     instance_tokens: np.ndarray | None = None
     class_tokens: np.ndarray | None = None
+    # What the base draws for the empty prompt, trained with it in some class rows
+    # (TrainConfig.empty_prompt_rate) so guidance keeps subtracting the base's prediction.
+    empty_posteriors: np.ndarray | None = None
+    empty_context: np.ndarray | None = None
+    empty_tokens: np.ndarray | None = None
 
     @property
     def has_prior(self) -> bool:
@@ -102,8 +107,9 @@ def encode_training_data(
     instance_prompt: str,
     class_images: np.ndarray | None = None,
     class_prompt: str | None = None,
+    empty_images: np.ndarray | None = None,
 ) -> EncodedData:
-    """Encode images (with flips) and both prompts once."""
+    """Encode images (with flips) and the prompts once; ``empty_images`` go with class images."""
     if class_images is None or len(class_images) == 0:
         tokens = preset.tokenize([instance_prompt])
         context = np.asarray(preset.encode_tokens(tokens), dtype=np.float32)
@@ -112,7 +118,7 @@ def encode_training_data(
         )
     if not class_prompt:
         raise TrainingDataError("Class images need a class prompt.")
-    tokens = preset.tokenize([instance_prompt, class_prompt])
+    tokens = preset.tokenize([instance_prompt, class_prompt, ""])
     contexts = np.asarray(preset.encode_tokens(tokens), np.float32)
     return EncodedData(
         instance_posteriors=encode_posteriors(preset, instance_images),
@@ -121,6 +127,13 @@ def encode_training_data(
         class_context=contexts[1],
         instance_tokens=tokens[0],
         class_tokens=tokens[1],
+        empty_posteriors=(
+            None
+            if empty_images is None or len(empty_images) == 0
+            else encode_posteriors(preset, empty_images)
+        ),
+        empty_context=contexts[2],
+        empty_tokens=tokens[2],
     )
 
 
@@ -144,9 +157,17 @@ def _indices(step: tf.Tensor, batch: int, length: int, seed: int) -> tf.Tensor:
     return tf.cast(chosen, tf.int64)
 
 
+def _seed_pair(step: tf.Tensor, seed: int, stream: int) -> tf.Tensor:
+    return tf.stack([tf.constant(seed, tf.int64) + stream, tf.cast(step, tf.int64)])
+
+
 def _flips(step: tf.Tensor, batch: int, seed: int, stream: int) -> tf.Tensor:
-    seed_pair = tf.stack([tf.constant(seed, tf.int64) + stream, tf.cast(step, tf.int64)])
-    return tf.random.stateless_uniform([batch], seed=seed_pair, maxval=2, dtype=tf.int64)
+    pair = _seed_pair(step, seed, stream)
+    return tf.random.stateless_uniform([batch], seed=pair, maxval=2, dtype=tf.int64)
+
+
+def _uniform(step: tf.Tensor, batch: int, seed: int, stream: int) -> tf.Tensor:
+    return tf.random.stateless_uniform([batch], seed=_seed_pair(step, seed, stream))
 
 
 def _step_draws(
@@ -175,19 +196,27 @@ def make_dataset(
     start_step: int = 0,
     prior: bool = True,
     timesteps: int = TRAIN_TIMESTEPS,
+    empty_prompt_rate: float = 0.0,
 ) -> tf.data.Dataset:
     """Endless batches of posteriors [B, s, s, 8] and the step's random draws.
 
     Keys: ``step``; ``instance`` and, with class data, ``class`` (posteriors); ``latent_noise``
     and ``noise`` [R, s, s, 4] and ``timesteps`` [R] for the R UNet samples of the step: B, or
     2B when ``prior`` is on and class data exist (instance rows first). Instance and class
-    samples are paired by slot within the epoch, so the UNet sees both in one call.
+    samples are paired by slot within the epoch, so the UNet sees both in one call. With
+    ``empty_prompt_rate`` above 0, class rows and empty-prompt images, ``empty_prompt`` [B]
+    (bool) marks the class rows that hold an empty-prompt image instead, to train with the empty
+    prompt; each row is drawn with that probability.
     """
     length = data.epoch_length
     inst = tf.constant(data.instance_posteriors)
     cls = tf.constant(data.class_posteriors) if data.class_posteriors is not None else None
     n_inst = int(inst.shape[0])
     n_cls = int(cls.shape[0]) if cls is not None else 0
+    empty = None
+    if empty_prompt_rate > 0 and data.empty_posteriors is not None:
+        empty = tf.constant(data.empty_posteriors)
+    n_empty = int(empty.shape[0]) if empty is not None else 0
     seed = int(seed)
     rows = batch_size * (2 if prior and cls is not None else 1)
     latent_shape = (*inst.shape[2:-1], inst.shape[-1] // 2)
@@ -198,9 +227,14 @@ def make_dataset(
         inst_idx = tf.stack([idx % n_inst, _flips(step, batch_size, seed, 101)], axis=1)
         out["instance"] = tf.gather_nd(inst, inst_idx)
         if cls is not None:
-            cls_idx = tf.stack([idx % n_cls, _flips(step, batch_size, seed, 202)], axis=1)
-            out["class"] = tf.gather_nd(cls, cls_idx)
+            cls_flips = _flips(step, batch_size, seed, 202)
+            out["class"] = tf.gather_nd(cls, tf.stack([idx % n_cls, cls_flips], axis=1))
         out.update(_step_draws(step, rows, latent_shape, seed, timesteps))
+        if empty is not None and rows > batch_size:  # rows that take an empty-prompt image
+            chosen = _uniform(step, batch_size, seed, 303) < empty_prompt_rate
+            drawn = tf.gather_nd(empty, tf.stack([idx % n_empty, cls_flips], axis=1))
+            out["class"] = tf.where(chosen[:, None, None, None], drawn, out["class"])
+            out["empty_prompt"] = chosen
         return out
 
     ds = tf.data.Dataset.counter(start=start_step, dtype=tf.int64)

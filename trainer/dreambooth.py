@@ -52,6 +52,13 @@ Conv = Literal["matmul", "kerascv"]
 # The reference DreamBooth's full fine-tuning rate; LoRA trains far fewer weights and needs more.
 DEFAULT_LR: dict[str, float] = {"full": 2e-6, "lora": 1e-4}
 
+# Full fine-tuning moves the whole UNet, and "a photo of sks dog" drags the empty prompt's
+# prediction to the subject with it (measured on the tiny base: from 0 to ~0.8-1.6 of the photos'
+# colour by 1,000 steps). Guidance at 7.5 then subtracts the subject from every image. So a
+# quarter of the class samples are images the base draws for the empty prompt, trained with it:
+# prior preservation for the unconditional prediction (tests/trainer/test_learning.py).
+EMPTY_PROMPT_RATE_FULL = 0.25
+
 # Options checked in TrainConfig, with the words an error message uses for them.
 _WHOLE_NUMBERS = {
     "steps": "The number of training steps",
@@ -75,6 +82,10 @@ class TrainConfig:
     lora_alpha: float | None = None
     train_text_encoder: bool = False
     prior_loss_weight: float = 1.0
+    # Share of class samples that are the base's own empty-prompt images, trained with the empty
+    # prompt, so the unconditional prediction that guidance subtracts stays the base's. Left as
+    # None: 0 for LoRA, which does not drift there, and EMPTY_PROMPT_RATE_FULL for full.
+    empty_prompt_rate: float | None = None
     beta_1: float = 0.9
     beta_2: float = 0.999
     weight_decay: float = 1e-2
@@ -98,6 +109,9 @@ class TrainConfig:
         for name, value in device_defaults(self.method).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        if self.empty_prompt_rate is None:
+            rate = EMPTY_PROMPT_RATE_FULL if self.method == "full" else 0.0
+            object.__setattr__(self, "empty_prompt_rate", rate)
         if self.attention not in ("tiled", "kerascv"):
             raise InvalidTrainConfig(
                 f"Unknown attention {self.attention!r}: choose 'tiled' (memory-efficient) or "
@@ -133,6 +147,11 @@ class TrainConfig:
             raise InvalidTrainConfig(
                 "The prior-preservation loss weight must be 0 (off) or more, not "
                 f"{self.prior_loss_weight}."
+            )
+        if not (0 <= self.empty_prompt_rate <= 1):
+            raise InvalidTrainConfig(
+                "The share of class samples trained on empty-prompt images must be from 0 to 1, "
+                f"not {self.empty_prompt_rate}."
             )
 
     @property
@@ -173,6 +192,8 @@ class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
         text_encoder: keras.Model | None = None,
         instance_tokens: np.ndarray | None = None,
         class_tokens: np.ndarray | None = None,
+        empty_context: np.ndarray | None = None,
+        empty_tokens: np.ndarray | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -182,15 +203,22 @@ class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
         self._tokens = {
             "instance": None if instance_tokens is None else tf.constant(instance_tokens[None]),
             "class": None if class_tokens is None else tf.constant(class_tokens[None]),
+            "empty": None if empty_tokens is None else tf.constant(empty_tokens[None]),
         }
         self.config = config
         self.latent_scale = float(latent_scale)
         self.has_prior = class_context is not None and config.prior_loss_weight > 0
         self._alphas = tf.constant(np.asarray(alphas_cumprod, dtype=np.float32))
-        self._instance_context = tf.constant(instance_context[None], tf.float32)
-        self._class_context = (
-            tf.constant(class_context[None], tf.float32) if class_context is not None else None
-        )
+        self._contexts = {
+            name: tf.constant(value[None], tf.float32)
+            for name, value in (
+                ("instance", instance_context),
+                ("class", class_context),
+                ("empty", empty_context),
+            )
+            if value is not None
+        }
+        self.empty_prompt_rate = float(config.empty_prompt_rate or 0.0) if self.has_prior else 0.0
         self.built = True
 
     @property
@@ -211,11 +239,18 @@ class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
         """Prompt context [batch, L, C]: cached, or from the training text encoder."""
         tokens = self._tokens[which]
         if self.text_encoder is None or tokens is None:
-            cached = self._instance_context if which == "instance" else self._class_context
-            return tf.repeat(cached, batch, axis=0)
+            return tf.repeat(self._contexts[which], batch, axis=0)
         positions = tf.range(tf.shape(tokens)[1], dtype=tf.int32)[None]
         out = self.text_encoder([tokens, positions], training=True)
         return tf.repeat(tf.cast(out, tf.float32), batch, axis=0)
+
+    def _class_rows_context(self, data: dict[str, tf.Tensor], batch: tf.Tensor) -> tf.Tensor:
+        """The class prompt's context; the empty prompt's on rows holding an empty-prompt image."""
+        context = self._context("class", batch)
+        if self.empty_prompt_rate == 0:
+            return context
+        empty = data["empty_prompt"][:, None, None]
+        return tf.where(empty, self._context("empty", batch), context)
 
     def _noisy_inputs(self, data: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
         """Noisy latents, timestep embeddings and target noise from one batch's draws."""
@@ -235,7 +270,7 @@ class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
         with tf.GradientTape() as tape:
             context = self._context("instance", batch)
             if self.has_prior:
-                context = tf.concat([context, self._context("class", batch)], axis=0)
+                context = tf.concat([context, self._class_rows_context(data, batch)], axis=0)
             pred = self.diffusion_model([noisy, t_emb, context], training=True)
             err = tf.square(tf.cast(pred, tf.float32) - noise)
             instance_loss = tf.reduce_mean(err[:batch])
@@ -250,6 +285,24 @@ class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
         self.optimizer.apply(grads, variables)
         return {"loss": loss, "instance_loss": instance_loss, "prior_loss": prior_loss}
 
+    def dataset(self, data: EncodedData, start_step: int = 0) -> tf.data.Dataset:
+        """The batches and random draws of this run's steps from ``start_step`` on."""
+        if self.empty_prompt_rate and data.empty_posteriors is None:
+            raise InvalidTrainConfig(
+                f"This run trains {self.empty_prompt_rate:g} of its class samples on images the "
+                "base draws for the empty prompt, and none were given: pass them to "
+                "encode_training_data, or set empty_prompt_rate=0."
+            )
+        return make_dataset(
+            data,
+            self.config.batch_size,
+            seed=self.config.seed,
+            start_step=start_step,
+            prior=self.has_prior,
+            timesteps=int(self._alphas.shape[0]),
+            empty_prompt_rate=self.empty_prompt_rate,
+        )
+
     def train(
         self,
         data: EncodedData,
@@ -262,16 +315,8 @@ class DreamBoothTrainer(keras.Model):  # type: ignore[misc]
         end = self.config.steps if until_step is None else until_step
         if end <= start_step:
             return {}
-        dataset = make_dataset(
-            data,
-            self.config.batch_size,
-            seed=self.config.seed,
-            start_step=start_step,
-            prior=self.has_prior,
-            timesteps=int(self._alphas.shape[0]),
-        )
         history = self.fit(
-            dataset,
+            self.dataset(data, start_step),
             epochs=1,
             steps_per_epoch=end - start_step,
             verbose=0,
@@ -343,6 +388,8 @@ def make_trainer(
         text_encoder=text_encoder,
         instance_tokens=data.instance_tokens,
         class_tokens=data.class_tokens,
+        empty_context=data.empty_context,
+        empty_tokens=data.empty_tokens,
     )
     trainer.compile_for_training()
     return trainer

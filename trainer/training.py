@@ -62,12 +62,16 @@ def run_training(
     class_images: np.ndarray | None,
     out_dir: Path | str,
     *,
+    empty_images: np.ndarray | None = None,
     checkpoints: CheckpointStore | None = None,
     progress: StepReportFn | None = None,
     in_place: bool = False,
     keep: tuple[str, ...] = (),
 ) -> ModelMetadata:
     """Encode, train (resuming from ``checkpoints`` when they hold a state) and export.
+
+    ``empty_images`` are what the base draws for the empty prompt, needed with class images
+    when ``config.empty_prompt_rate`` is above 0 (full fine-tuning's default).
 
     A checkpoint written by a different run (other photos, class images, identifier, base,
     resolution or training settings) is refused with
@@ -86,6 +90,7 @@ def run_training(
         resolution=preset.resolution,
         instance_images=instance_images,
         class_images=class_images,
+        empty_images=empty_images,
     )
     if checkpoints is not None:  # refuse a checkpoint of another run before encoding anything
         check_resumable(checkpoints, run_record(config, origin), steps=config.steps)
@@ -95,6 +100,7 @@ def run_training(
         instance_prompt(job.identifier, job.class_name),
         class_images,
         class_prompt(job.class_name),
+        empty_images,
     )
     trainer = make_trainer(preset, data, config, in_place=in_place)
     if in_place:

@@ -122,8 +122,10 @@ def class_images() -> np.ndarray:
 def tiny_data(tiny_preset: Any, instance_images: np.ndarray, class_images: np.ndarray) -> Any:
     from trainer.data import encode_training_data
 
+    # Stand-ins for what the base draws for the empty prompt (full fine-tuning trains on them).
+    empty = class_like_images(len(class_images), seed=3)
     return encode_training_data(
-        tiny_preset, instance_images, INSTANCE_PROMPT, class_images, CLASS_PROMPT
+        tiny_preset, instance_images, INSTANCE_PROMPT, class_images, CLASS_PROMPT, empty
     )
 
 

@@ -287,6 +287,21 @@ def test_another_runs_checkpoint_is_refused_with_what_differs(
         assert load_checkpoint(store, tr, origin) == 4
 
 
+def test_a_record_from_before_the_empty_prompt_rate_trained_without_it() -> None:
+    """Checkpoints written before the field existed trained every class row on the class prompt:
+    a LoRA run (rate 0) resumes them, a full run at the default 0.25 is told what differs."""
+    from trainer.checkpoints.record import differences
+    from trainer.dreambooth import TrainConfig
+
+    old = run_record(TrainConfig(method="lora"))
+    del old["empty_prompt_rate"]
+    assert differences(old, run_record(TrainConfig(method="lora"))) == []
+    full = run_record(TrainConfig(method="full", lora_rank=old["lora_rank"]))
+    assert "share of class samples on empty-prompt images: 0 then, 0.25 now" in (
+        differences(old, full)
+    )
+
+
 def test_full_resume_from_older_optimizer_state(
     full_run: Any, tiny_data: Any, tmp_path: Path
 ) -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from storage.blobs import BlobStore, keys
 from storage.errors import ConfigError, UserFacingError
-from trainer.class_images import ClassImageSpec, ensure_class_images
+from trainer.class_images import ClassImageSpec, ensure_class_images, ensure_prior_images
 from trainer.sampler import Sampler
 
 STEPS = 2
@@ -122,3 +122,33 @@ def test_count_must_be_sensible(sampler: Sampler, spec: ClassImageSpec) -> None:
         ensure_class_images(sampler, _memory_store(), spec, -1)
     assert info.value.code == "bad_class_image_count"
     assert ensure_class_images(sampler, _memory_store(), spec, 0).keys == ()
+
+
+def test_prior_images_add_the_empty_prompts_own_cache(sampler: Sampler, tiny_preset: Any) -> None:
+    """Full fine-tuning's empty-prompt images: a cache of their own per base, counted with the
+    class images in one progress, and reused like them."""
+    store = _memory_store()
+    calls: list[tuple[int, int]] = []
+    made, empty = ensure_prior_images(
+        sampler,
+        store,
+        tiny_preset,
+        "a photo of a dog",
+        2,
+        empty_prompt=True,
+        progress=lambda written, missing: calls.append((written, missing)),
+    )
+    assert made.cache_id == ClassImageSpec.for_preset(tiny_preset, "a photo of a dog").cache_id
+    assert empty is not None
+    assert empty.cache_id == ClassImageSpec.for_preset(tiny_preset, "").cache_id
+    assert (made.generated, empty.generated, calls) == (2, 2, [(2, 2), (4, 4)])
+    assert made.load(store) != empty.load(store)
+    refusing: Any = RefusingSampler(sampler)
+    again, again_empty = ensure_prior_images(
+        refusing, store, tiny_preset, "a photo of a dog", 2, empty_prompt=True
+    )
+    assert again == dataclasses.replace(made, generated=0) and again_empty is not None
+    assert again_empty.load(store) == empty.load(store)
+    assert (
+        ensure_prior_images(refusing, store, tiny_preset, "a dog", 0, empty_prompt=False)[1] is None
+    )

@@ -71,6 +71,30 @@ def test_draws_cover_every_unet_sample(tiny_data: Any) -> None:
     assert alone["noise"].shape == (3, 8, 8, 4) and alone["timesteps"].max() < 10
 
 
+def test_empty_prompt_images_take_class_rows_at_the_rate(tiny_data: Any) -> None:
+    """Drawn rows hold an empty-prompt image instead of a class image; every other draw is as it
+    was, and the choice is keyed on the step."""
+    plain = list(make_dataset(tiny_data, 2, seed=5).take(200).as_numpy_iterator())
+    drawn = list(
+        make_dataset(tiny_data, 2, seed=5, empty_prompt_rate=0.25).take(200).as_numpy_iterator()
+    )
+    empties = {p.tobytes() for p in tiny_data.empty_posteriors.reshape(-1, 8, 8, 8)}
+    for a, b in zip(plain, drawn, strict=True):
+        assert set(b) == {*a, "empty_prompt"}
+        for key in set(a) - {"class"}:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        np.testing.assert_array_equal(
+            a["class"][~b["empty_prompt"]], b["class"][~b["empty_prompt"]]
+        )
+        assert all(row.tobytes() in empties for row in b["class"][b["empty_prompt"]])
+    rows = np.stack([b["empty_prompt"] for b in drawn])
+    assert rows.shape == (200, 2) and 0.18 < rows.mean() < 0.32
+    resumed = make_dataset(tiny_data, 2, seed=5, start_step=150, empty_prompt_rate=0.25)
+    np.testing.assert_array_equal(next(resumed.as_numpy_iterator())["empty_prompt"], rows[150])
+    alone = make_dataset(tiny_data, 2, prior=False, empty_prompt_rate=0.25)
+    assert "empty_prompt" not in next(alone.as_numpy_iterator())
+
+
 def test_one_epoch_pairs_every_class_image_once(tiny_data: Any) -> None:
     """Instance photos repeat to the class set's length; each class image appears once per epoch."""
     cls = tiny_data.class_posteriors  # [6, 2, 8, 8, 8]

@@ -21,6 +21,7 @@ def test_config_defaults_follow_reference_dreambooth() -> None:
 
     full = TrainConfig(method="full")
     assert full.lr == 2e-6 and TrainConfig(method="lora").lr == 1e-4
+    assert (full.empty_prompt_rate, TrainConfig(method="lora").empty_prompt_rate) == (0.25, 0.0)
     opt = full.make_optimizer()
     assert isinstance(opt, keras.optimizers.AdamW)
     assert (opt.beta_1, opt.beta_2, opt.epsilon) == (0.9, 0.999, 1e-8)
@@ -48,6 +49,8 @@ def test_config_defaults_follow_reference_dreambooth() -> None:
         ({"learning_rate": float("nan")}, "learning rate"),
         ({"lora_alpha": -1.0}, "LoRA alpha"),
         ({"prior_loss_weight": -0.5}, "prior-preservation loss weight"),
+        ({"empty_prompt_rate": 1.5}, "empty-prompt images must be from 0 to 1"),
+        ({"empty_prompt_rate": float("nan")}, "empty-prompt images must be from 0 to 1"),
     ],
 )
 def test_bad_options_are_refused_in_words(options: dict[str, Any], words: str) -> None:
@@ -84,6 +87,35 @@ def test_full_changes_every_unet_weight_and_not_the_base(full_run: Any, tiny_pre
         tiny_preset.diffusion_model.get_weights(), full_run.before, strict=True
     ):
         np.testing.assert_array_equal(base, before)
+
+
+def test_class_rows_drawn_for_the_empty_prompt_train_on_its_images(
+    tiny_preset: Any, tiny_data: Any
+) -> None:
+    """At rate 1 every class row is an empty-prompt image trained with the empty prompt: the same
+    losses as a run whose class images and prompt are those, and not the class's."""
+    import dataclasses
+
+    from trainer.dreambooth import make_trainer
+
+    config = TrainConfig(
+        method="full", steps=2, learning_rate=1e-3, jit_compile=False, empty_prompt_rate=1.0
+    )
+    plain = dataclasses.replace(config, empty_prompt_rate=0.0)
+    as_class = dataclasses.replace(
+        tiny_data,
+        class_posteriors=tiny_data.empty_posteriors,
+        class_context=tiny_data.empty_context,
+    )
+    anchored = make_trainer(tiny_preset, tiny_data, config).train(tiny_data)
+    swapped = make_trainer(tiny_preset, as_class, plain).train(as_class)
+    unchanged = make_trainer(tiny_preset, tiny_data, plain).train(tiny_data)
+    np.testing.assert_allclose(anchored["prior_loss"], swapped["prior_loss"], rtol=1e-6)
+    np.testing.assert_allclose(anchored["instance_loss"], swapped["instance_loss"], rtol=1e-6)
+    assert not np.allclose(anchored["prior_loss"], unchanged["prior_loss"], rtol=1e-4)
+    no_empties = dataclasses.replace(tiny_data, empty_posteriors=None)
+    with pytest.raises(InvalidTrainConfig, match="images the base draws for the empty prompt"):
+        make_trainer(tiny_preset, no_empties, config).train(no_empties)
 
 
 @pytest.mark.slow  # its own trainer (text encoder too) traced, exported and loaded: ~40 s here

@@ -195,6 +195,31 @@ def test_a_new_learning_rate_is_refused_before_any_model_loads(
     assert not (out / "checkpoints").exists()
 
 
+def test_full_fine_tuning_also_trains_on_what_the_base_draws_for_the_empty_prompt(
+    settings_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--method full` makes as many empty-prompt images as class images and trains on both; LoRA
+    makes none. Each run stops where training starts to encode."""
+    photos = _write_photos(settings_env / "photos", 4)
+    encoded: list[tuple[Any, ...]] = []
+
+    def encode(*args: Any) -> Any:
+        encoded.append(args)
+        raise _Stop
+
+    monkeypatch.setattr("trainer.training.encode_training_data", encode)
+    argv = ["train", "--photos", str(photos), "--class-name", "dog", "--identifier", "sks"]
+    argv += ["--preset", "tiny", "--steps", "1", "--class-images", "2", "--no-xla"]
+    assert main([*argv, "--method", "full", "--out", str(settings_env / "full")]) == 130
+    assert "class images 4/4" in capsys.readouterr().err  # both sets in one count
+    classes, empties = encoded[0][3], encoded[0][5]
+    assert classes.shape == empties.shape == (2, 64, 64, 3)
+    assert not np.array_equal(classes, empties)
+    assert main([*argv, "--method", "lora", "--out", str(settings_env / "lora")]) == 130
+    np.testing.assert_array_equal(encoded[1][3], classes)  # the same cached class images
+    assert encoded[1][5] is None
+
+
 @pytest.mark.slow  # 1-2 minutes here: one real training step, then runs that stop early
 def test_rerunning_into_the_same_out_resumes_only_the_same_run(
     settings_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -18,6 +18,9 @@ from trainer.dreambooth import TrainConfig
 
 __all__ = ["TrainedFrom", "differences", "images_digest", "run_record"]
 
+# What a run did before its field was recorded: a checkpoint without the key trained this way.
+_BEFORE_RECORDED = {"empty_prompt_rate": 0.0, "empty_data": None}
+
 # Config fields that change what training computes (not XLA, memory savers or intervals).
 _CONFIG_FIELDS = (
     "method",
@@ -25,6 +28,7 @@ _CONFIG_FIELDS = (
     "seed",
     "precision",
     "prior_loss_weight",
+    "empty_prompt_rate",
     "beta_1",
     "beta_2",
     "weight_decay",
@@ -40,6 +44,7 @@ _LABELS = {
     "resolution": "resolution (px)",
     "instance_data": "subject photos",
     "class_data": "class images",
+    "empty_data": "empty-prompt images",
     "method": "method",
     "learning_rate": "learning rate",
     "precision": "precision",
@@ -49,6 +54,7 @@ _LABELS = {
     "train_text_encoder": "training the text encoder",
     "seed": "seed",
     "prior_loss_weight": "prior-preservation loss weight",
+    "empty_prompt_rate": "share of class samples on empty-prompt images",
     "beta_1": "AdamW beta_1",
     "beta_2": "AdamW beta_2",
     "weight_decay": "weight decay",
@@ -67,6 +73,7 @@ class TrainedFrom:
     resolution: int
     instance_data: dict[str, Any]
     class_data: dict[str, Any] | None
+    empty_data: dict[str, Any] | None = None
 
     @classmethod
     def of(
@@ -78,15 +85,19 @@ class TrainedFrom:
         resolution: int,
         instance_images: np.ndarray,
         class_images: np.ndarray | None,
+        empty_images: np.ndarray | None = None,
     ) -> TrainedFrom:
-        no_class = class_images is None or len(class_images) == 0
+        def digest(images: np.ndarray | None) -> dict[str, Any] | None:
+            return None if images is None or len(images) == 0 else images_digest(images)
+
         return cls(
             identifier=identifier,
             class_name=class_name,
             weights_id=weights_id,
             resolution=int(resolution),
             instance_data=images_digest(instance_images),
-            class_data=None if class_images is None or no_class else images_digest(class_images),
+            class_data=digest(class_images),
+            empty_data=digest(empty_images),
         )
 
 
@@ -138,6 +149,7 @@ def _difference(key: str, old: Any, new: Any) -> str:
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """One line per key of ``new`` whose value ``old`` does not share, in the labels' order."""
     order = {key: i for i, key in enumerate(_LABELS)}
+    old = {**_BEFORE_RECORDED, **old}
     return [
         _difference(key, old.get(key), new[key])
         for key in sorted(new, key=lambda k: order.get(k, len(order)))

@@ -133,7 +133,7 @@ def _photos(rt: Runtime, spec: TrainSpec) -> list[bytes]:
 def train_body(rt: Runtime, spec: TrainSpec, report: ProgressReporter, token: StopToken) -> str:
     """Train, export to the blob store, draw the sample images, return TrainResult JSON."""
     from trainer.checkpoints import BlobCheckpointStore
-    from trainer.class_images import ClassImageSpec, ensure_class_images
+    from trainer.class_images import ensure_prior_images
     from trainer.data import load_images
     from trainer.dreambooth import TrainConfig
     from trainer.export import upload_model
@@ -149,23 +149,6 @@ def train_body(rt: Runtime, spec: TrainSpec, report: ProgressReporter, token: St
         )
     report.stage(Stage.PREPARING, "reading the photos")
     instance = load_images(_photos(rt, spec), base.resolution)
-    classes = None
-    if spec.class_images:
-        report.stage(Stage.CLASS_IMAGES, total=spec.class_images)
-
-        def on_group(done: int, missing: int) -> None:
-            report.step(Stage.CLASS_IMAGES, done, missing)
-            token.check()
-            rt.tf.run_urgent()
-            rt.cache.use_base()
-
-        rt.cache.use_base()
-        cache_spec = ClassImageSpec.for_preset(base, class_prompt(spec.class_name))
-        made = ensure_class_images(
-            rt.sampler, rt.store, cache_spec, spec.class_images, progress=on_group
-        )
-        classes = load_images(made.load(rt.store), base.resolution)
-    token.check()
     config = TrainConfig(
         method=spec.method,  # type: ignore[arg-type]
         steps=spec.steps,
@@ -174,6 +157,31 @@ def train_body(rt: Runtime, spec: TrainSpec, report: ProgressReporter, token: St
         checkpoint_every=rt.config.checkpoint_every,
         jit_compile=rt.config.xla,  # None: the trainer's choice for this device
     )
+    with_empty = bool(config.empty_prompt_rate)
+    classes = empties = None
+    if spec.class_images:
+        report.stage(Stage.CLASS_IMAGES, total=spec.class_images * (2 if with_empty else 1))
+
+        def on_group(done: int, missing: int) -> None:
+            report.step(Stage.CLASS_IMAGES, done, missing)
+            token.check()
+            rt.tf.run_urgent()
+            rt.cache.use_base()
+
+        rt.cache.use_base()
+        made, made_empty = ensure_prior_images(
+            rt.sampler,
+            rt.store,
+            base,
+            class_prompt(spec.class_name),
+            spec.class_images,
+            empty_prompt=with_empty,
+            progress=on_group,
+        )
+        classes = load_images(made.load(rt.store), base.resolution)
+        if made_empty is not None:
+            empties = load_images(made_empty.load(rt.store), base.resolution)
+    token.check()
     losses: list[float] = []
 
     def on_step(step: StepReport) -> None:
@@ -192,6 +200,7 @@ def train_body(rt: Runtime, spec: TrainSpec, report: ProgressReporter, token: St
             instance,
             classes,
             out,
+            empty_images=empties,
             checkpoints=BlobCheckpointStore(rt.store, spec.job_id),
             progress=on_step,
         )
