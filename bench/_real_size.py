@@ -1,8 +1,9 @@
 """What the real-size benches share: the sd-v1 UNet with random weights and stand-in data.
 
 Random weights cost the same memory and time as the real ones, and need no download. The data
-is what :func:`trainer.data.encode_training_data` would cache for 4 photos and 4 class images
-(posteriors, 77 x 768 prompt contexts), so no VAE or text encoder is built.
+is what :func:`trainer.data.encode_training_data` would cache for 4 photos, 4 class images and
+4 empty-prompt images (posteriors, 77 x 768 prompt contexts), so no VAE or text encoder is
+built.
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ def stand_in_data(resolution: int, n: int = 4, seed: int = 0) -> EncodedData:
     def context() -> np.ndarray:
         return rng.normal(size=(77, 768)).astype(np.float32)
 
-    inst, cls = posteriors(), posteriors()
-    return EncodedData(inst, cls, context(), context(), empty_context=context())
+    inst, cls, empty = posteriors(), posteriors(), posteriors()
+    return EncodedData(
+        inst, cls, context(), context(), empty_posteriors=empty, empty_context=context()
+    )
 
 
 @dataclasses.dataclass

@@ -191,7 +191,8 @@ def bench_tiny(steps: int, batch: int, methods: list[str], seed_xla: bool, round
     other = "without XLA" if default_jit else "with XLA"
     print(f"seed-style step: {seed_how}; our step: default config, and again {other}")
 
-    data = encode_training_data(preset, inst, "a photo of sks dog", cls, "a photo of dog")
+    empty = synthetic(8, 3)  # stand-ins for the base's empty-prompt images (full trains on them)
+    data = encode_training_data(preset, inst, "a photo of sks dog", cls, "a photo of dog", empty)
     runs: dict[str, tuple[keras.Model, Any]] = {}
     kinds: dict[str, tuple[str, str]] = {}  # run name -> (seed | plain | ours, method)
     for method in methods:

@@ -114,6 +114,12 @@ def _check_sampler(sampler: Sampler, spec: ClassImageSpec) -> None:
         )
 
 
+def _missing(store: BlobStore, spec: ClassImageSpec, count: int) -> list[int]:
+    """Indices below ``count`` that ``spec``'s cache does not hold yet."""
+    present = set(store.list(keys.class_images_prefix(spec.cache_id)))
+    return [i for i in range(count) if keys.class_image(spec.cache_id, i) not in present]
+
+
 def ensure_class_images(
     sampler: Sampler,
     store: BlobStore,
@@ -136,7 +142,7 @@ def ensure_class_images(
     cache_id = spec.cache_id
     wanted = [keys.class_image(cache_id, index) for index in range(count)]
     present = set(store.list(keys.class_images_prefix(cache_id)))
-    missing = [index for index, key in enumerate(wanted) if key not in present]
+    missing = _missing(store, spec, count)
     written = 0
     for group in sorted({index // GROUP_SIZE for index in missing}):
         indices = range(group * GROUP_SIZE, (group + 1) * GROUP_SIZE)
@@ -173,13 +179,14 @@ def ensure_prior_images(
     specs = [ClassImageSpec.for_preset(preset, class_prompt)]
     if empty_prompt:
         specs.append(ClassImageSpec.for_preset(preset, ""))
+    total = sum(len(_missing(store, spec, min(count, MAX_CLASS_IMAGES))) for spec in specs)
     made: list[ClassImages] = []
     done = 0
     for spec in specs:
 
         def report(written: int, missing: int, before: int = done) -> None:
             if progress is not None:
-                progress(before + written, before + missing)
+                progress(before + written, total)
 
         made.append(ensure_class_images(sampler, store, spec, count, progress=report))
         done += made[-1].generated

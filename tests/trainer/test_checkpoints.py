@@ -288,18 +288,28 @@ def test_another_runs_checkpoint_is_refused_with_what_differs(
 
 
 def test_a_record_from_before_the_empty_prompt_rate_trained_without_it() -> None:
-    """Checkpoints written before the field existed trained every class row on the class prompt:
-    a LoRA run (rate 0) resumes them, a full run at the default 0.25 is told what differs."""
+    """Checkpoints written before the fields existed trained every class row on the class prompt:
+    a LoRA run (rate 0) resumes them; a full run, now at 0.25 with empty-prompt images, is told
+    exactly that (and can start fresh)."""
     from trainer.checkpoints.record import differences
     from trainer.dreambooth import TrainConfig
 
-    old = run_record(TrainConfig(method="lora"))
-    del old["empty_prompt_rate"]
-    assert differences(old, run_record(TrainConfig(method="lora"))) == []
-    full = run_record(TrainConfig(method="full", lora_rank=old["lora_rank"]))
-    assert "share of class samples on empty-prompt images: 0 then, 0.25 now" in (
-        differences(old, full)
+    pixels = np.zeros((2, 4, 4, 3), np.uint8)
+    facts: dict[str, Any] = {"identifier": "sks", "class_name": "dog", "weights_id": "w"}
+    origin = TrainedFrom.of(**facts, resolution=4, instance_images=pixels, class_images=pixels)
+    olds: dict[str, dict[str, Any]] = {}
+    for method in ("lora", "full"):
+        old = run_record(TrainConfig(method=method), origin)  # type: ignore[arg-type]
+        del old["empty_prompt_rate"], old["empty_data"]
+        olds[method] = old
+    assert differences(olds["lora"], run_record(TrainConfig(method="lora"), origin)) == []
+    with_empty = TrainedFrom.of(
+        **facts, resolution=4, instance_images=pixels, class_images=pixels, empty_images=pixels
     )
+    assert differences(olds["full"], run_record(TrainConfig(method="full"), with_empty)) == [
+        "empty-prompt images: none then, 2 now",
+        "share of class samples on empty-prompt images: 0 then, 0.25 now",
+    ]
 
 
 def test_full_resume_from_older_optimizer_state(

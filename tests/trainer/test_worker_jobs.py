@@ -62,11 +62,16 @@ async def _watch(queue: JobQueue, job_id: str, until: float = 120.0) -> list[tup
 
 
 @pytest.mark.slow  # a traced training step: 30-80 s here
+@pytest.mark.parametrize("method", ["lora", "full"])
 async def test_training_completes_with_rising_progress_samples_and_a_stored_result(
-    worker_group: Any, job_queue: JobQueue, worker_store: BlobStore
+    worker_group: Any,
+    worker_runtime: Any,
+    job_queue: JobQueue,
+    worker_store: BlobStore,
+    method: str,
 ) -> None:
     job_id = new_id("train")
-    spec = train_spec(worker_store, job_id, steps=24, class_images=4)
+    spec = train_spec(worker_store, job_id, steps=24, class_images=4, method=method)
     assert await job_queue.enqueue(spec)
     seen = await _watch(job_queue, job_id)
     result = await job_queue.result(job_id, timeout=30)
@@ -77,7 +82,9 @@ async def test_training_completes_with_rising_progress_samples_and_a_stored_resu
     stages = [stage for stage, _ in seen]
     assert stages.index("class_images") < stages.index("training") < stages.index("done")
     assert result.model_id == spec.model_id and result.steps == 24
-    assert sorted(result.files) == sorted(worker_store.list(keys.model_prefix(spec.model_id)))[:2]
+    stored = worker_store.list(keys.model_prefix(spec.model_id))
+    assert sorted(result.files) == sorted(key for key in stored if "/sample-" not in key)
+    assert len(result.files) == 2
     assert len(result.sample_keys) == 4
     for key in result.sample_keys:
         with Image.open(io.BytesIO(worker_store.get(key))) as image:
@@ -87,6 +94,14 @@ async def test_training_completes_with_rising_progress_samples_and_a_stored_resu
     assert TrainResult.from_json(worker_store.get(result_key(job_id))) == result
     status = await job_queue.status(job_id)
     assert status.state == JobState.COMPLETE and status.progress is not None
+    # Full fine-tuning also drew 4 images of the empty prompt, in a cache of their own.
+    caches = {key.split("/")[1] for key in worker_store.list("class-images/")}
+    assert len(caches) >= (2 if method == "full" else 1)
+    if method == "full":
+        from trainer.class_images import ClassImageSpec
+
+        empty = ClassImageSpec.for_preset(worker_runtime.base, "").cache_id
+        assert len(worker_store.list(keys.class_images_prefix(empty))) == 4
 
 
 async def test_generation_completes_with_the_requested_seeds(

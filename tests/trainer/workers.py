@@ -114,7 +114,9 @@ def put_photos(store: BlobStore, job_id: str, n: int = 3) -> list[str]:
     return out
 
 
-def train_spec(store: BlobStore, job_id: str, *, steps: int, class_images: int = 0) -> TrainSpec:
+def train_spec(
+    store: BlobStore, job_id: str, *, steps: int, class_images: int = 0, method: str = "lora"
+) -> TrainSpec:
     return TrainSpec(
         job_id=job_id,
         model_id=f"m-{job_id}",
@@ -122,7 +124,7 @@ def train_spec(store: BlobStore, job_id: str, *, steps: int, class_images: int =
         class_name="dog",
         identifier="sks",
         preset="tiny",
-        method="lora",
+        method=method,
         steps=steps,
         resolution=64,
         class_images=class_images,
