@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy dreambot bot storage trainer/cli.py trainer/cli_train.py trainer/cli_support.py trainer/config.py trainer/errors.py trainer/worker trainer/checkpoints
+	$(BIN)/mypy dreambot bot storage trainer/cli.py trainer/cli_train.py trainer/cli_support.py trainer/config.py trainer/errors.py trainer/worker trainer/checkpoints trainer/train_config.py
 
 # Everyday run: everything not marked slow, with a quick Hypothesis profile.
 pytest: $(STAMP)

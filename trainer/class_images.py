@@ -141,8 +141,8 @@ def ensure_class_images(
     _check_sampler(sampler, spec)
     cache_id = spec.cache_id
     wanted = [keys.class_image(cache_id, index) for index in range(count)]
-    present = set(store.list(keys.class_images_prefix(cache_id)))
     missing = _missing(store, spec, count)
+    to_write = set(missing)
     written = 0
     for group in sorted({index // GROUP_SIZE for index in missing}):
         indices = range(group * GROUP_SIZE, (group + 1) * GROUP_SIZE)
@@ -155,7 +155,7 @@ def ensure_class_images(
         )
         for index, image in zip(indices, images, strict=True):
             key = keys.class_image(cache_id, index)
-            if index < count and key not in present:
+            if index in to_write:
                 store.put(key, encode_png(image))
                 written += 1
         if progress is not None:
